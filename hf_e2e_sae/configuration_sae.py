@@ -1,0 +1,97 @@
+"""`SAEConfig`: everything needed to rebuild one sparse autoencoder and to find where it goes."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from transformers import PretrainedConfig
+
+from .activations import ACTIVATIONS
+from .sites import parse_site
+
+logger = logging.getLogger(__name__)
+
+# Bumped when the saved format changes incompatibly; loaders refuse newer versions.
+SAE_FORMAT_VERSION = 1
+
+_STANDARD_KEYS: Optional[frozenset] = None
+
+
+def _standard_config_keys() -> frozenset:
+    """Keys any `PretrainedConfig` writes (transformers_version, architectures, dtype, ...)."""
+    global _STANDARD_KEYS
+    if _STANDARD_KEYS is None:
+        _STANDARD_KEYS = frozenset(PretrainedConfig().to_dict()) | {"torch_dtype", "dtype", "_name_or_path"}
+    return _STANDARD_KEYS
+
+
+class SAEConfig(PretrainedConfig):
+    r"""Configuration of a [`SparseAutoencoder`].
+
+    Args:
+        d_in (`int`):
+            Width of the activation the SAE reads and writes (the base model's hidden size).
+        dict_size (`int`, *optional*):
+            Number of dictionary elements (latents). Give this or `dict_size_ratio`.
+        dict_size_ratio (`float`, *optional*):
+            `dict_size = round(dict_size_ratio * d_in)` when `dict_size` is not given (paper: 60).
+        activation (`str`, *optional*, defaults to `"relu"`):
+            Latent activation; one of the names registered in `hf_e2e_sae.activations.ACTIVATIONS`.
+        site (`str`, *optional*):
+            Where the SAE sits, e.g. `"blocks.6.resid_pre"` (TransformerLens spelling
+            `"blocks.6.hook_resid_pre"` is accepted and stored in canonical form).
+        base_model_name_or_path (`str`, *optional*):
+            Hub id or path of the causal LM this SAE was trained on.
+        base_model_revision (`str`, *optional*):
+            Revision (branch, tag or commit) of that base model.
+        init_decoder_orthogonal (`bool`, *optional*, defaults to `True`):
+            Orthogonal decoder init (as the reference); otherwise PyTorch's Linear default.
+        format_version (`int`, *optional*):
+            Version of the hf_e2e_sae save format; newer than this library understands is an error.
+    """
+
+    model_type = "hf_e2e_sae"
+
+    def __init__(
+        self,
+        d_in: int = 768,
+        dict_size: Optional[int] = None,
+        dict_size_ratio: Optional[float] = None,
+        activation: str = "relu",
+        site: Optional[str] = None,
+        base_model_name_or_path: Optional[str] = None,
+        base_model_revision: Optional[str] = None,
+        init_decoder_orthogonal: bool = True,
+        format_version: int = SAE_FORMAT_VERSION,
+        **kwargs: Any,
+    ):
+        unknown = sorted(set(kwargs) - _standard_config_keys())
+        if unknown:
+            logger.warning("SAEConfig: ignoring unknown keys %s (saved by a newer hf_e2e_sae?)", unknown)
+        if format_version > SAE_FORMAT_VERSION:
+            raise ValueError(
+                f"SAEConfig.format_version={format_version} is newer than this hf_e2e_sae understands "
+                f"({SAE_FORMAT_VERSION}); upgrade with `pip install -U hf_e2e_sae`."
+            )
+        if not isinstance(d_in, int) or d_in <= 0:
+            raise ValueError(f"SAEConfig.d_in must be a positive int, got {d_in!r}")
+        if dict_size is None:
+            if dict_size_ratio is None:
+                raise ValueError("SAEConfig needs `dict_size` or `dict_size_ratio`.")
+            if dict_size_ratio <= 0:
+                raise ValueError(f"SAEConfig.dict_size_ratio must be > 0, got {dict_size_ratio!r}")
+            dict_size = max(1, round(dict_size_ratio * d_in))
+        if not isinstance(dict_size, int) or dict_size <= 0:
+            raise ValueError(f"SAEConfig.dict_size must be a positive int, got {dict_size!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"SAEConfig.activation={activation!r} is unknown; valid choices: {sorted(ACTIVATIONS)}")
+        self.d_in = d_in
+        self.dict_size = dict_size
+        self.dict_size_ratio = dict_size_ratio
+        self.activation = activation
+        self.site = str(parse_site(site)) if site is not None else None
+        self.base_model_name_or_path = base_model_name_or_path
+        self.base_model_revision = base_model_revision
+        self.init_decoder_orthogonal = init_decoder_orthogonal
+        self.format_version = format_version
+        super().__init__(**{k: v for k, v in kwargs.items() if k not in unknown})

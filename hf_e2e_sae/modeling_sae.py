@@ -1,0 +1,82 @@
+"""`SparseAutoencoder`: the dictionary, as a `PreTrainedModel`.
+
+    latents        c     = act(W_enc x + b_enc)          (..., dict_size)
+    reconstruction x_hat = D c + b_dec                   (..., d_in)
+
+D is the decoder weight with each dictionary element (a column of length d_in) divided by its L2
+norm inside every forward pass: a reparametrisation (the stored weight is never renormalised and
+gradients flow through the division), exactly as in Braun et al. (2024)'s reference code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .activations import build_activation
+from .configuration_sae import SAEConfig
+
+
+@dataclass
+class SAEOutput(ModelOutput):
+    """Output of [`SparseAutoencoder.forward`].
+
+    Args:
+        latents (`torch.Tensor` of shape `(..., dict_size)`): the sparse code c.
+        reconstruction (`torch.Tensor` of shape `(..., d_in)`): x_hat.
+    """
+
+    latents: Optional[torch.Tensor] = None
+    reconstruction: Optional[torch.Tensor] = None
+
+
+class SparseAutoencoder(PreTrainedModel):
+    """A sparse autoencoder (dictionary) that reads and writes one activation site of a causal LM."""
+
+    config_class = SAEConfig
+    base_model_prefix = "sae"
+    main_input_name = "hidden_states"
+    _no_split_modules: list = []
+
+    def __init__(self, config: SAEConfig):
+        super().__init__(config)
+        self.encoder = nn.Linear(config.d_in, config.dict_size)  # W_enc (dict_size, d_in), b_enc
+        self.decoder = nn.Linear(config.dict_size, config.d_in)  # D (d_in, dict_size), b_dec
+        self.activation = build_activation(config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Encoder: PyTorch's Linear default ("Kaiming uniform"), as the reference.
+        if module is self.encoder:
+            module.reset_parameters()
+        elif module is self.decoder:
+            module.reset_parameters()
+            if self.config.init_decoder_orthogonal:
+                # Rows of D (d_in, dict_size) orthonormal: D D^T = I.
+                nn.init.orthogonal_(module.weight)
+
+    @property
+    def dictionary(self) -> torch.Tensor:
+        """Unit-norm dictionary elements, shape `(dict_size, d_in)`."""
+        return F.normalize(self.decoder.weight, dim=0).T
+
+    def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(..., d_in) -> (..., dict_size)` latents."""
+        return self.activation(self.encoder(hidden_states))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(..., dict_size) -> (..., d_in)` reconstruction with unit-norm dictionary elements."""
+        return F.linear(latents, F.normalize(self.decoder.weight, dim=0), self.decoder.bias)
+
+    def forward(self, hidden_states: torch.Tensor, return_dict: bool = True) -> SAEOutput:
+        latents = self.encode(hidden_states)
+        reconstruction = self.decode(latents)
+        if not return_dict:
+            return (latents, reconstruction)
+        return SAEOutput(latents=latents, reconstruction=reconstruction)

@@ -1,0 +1,281 @@
+"""`SAEPatchedModel`: a causal LM with sparse autoencoders spliced into its forward pass.
+
+    base = AutoModelForCausalLM.from_pretrained("gpt2")
+    sae = SparseAutoencoder(SAEConfig(d_in=768, dict_size_ratio=60, site="blocks.6.resid_pre"))
+    model = SAEPatchedModel(base, [sae])
+    out = model(input_ids)            # logits with the SAE output in place of blocks.6.resid_pre
+    out.sae_outputs["blocks.6.resid_pre"].latents   # (batch, seq, dict_size)
+    with model.saes_disabled():
+        clean = model(input_ids)      # the base model, bit for bit
+
+Every check (sites, block indices, widths, duplicates) runs before the first hook is added, so a
+failure leaves the base model untouched. `unpatch()` removes the hooks and restores the base's
+`requires_grad` flags and train/eval mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Optional, Union
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .hooks import add_hook
+from .modeling_sae import SparseAutoencoder
+from .sites import check_site, hidden_size, parse_site, resolve_site
+
+logger = logging.getLogger(__name__)
+
+SAEsLike = Union[SparseAutoencoder, Iterable[SparseAutoencoder], Mapping[str, SparseAutoencoder]]
+
+
+@dataclass
+class SiteOutput(ModelOutput):
+    """What one SAE saw and produced in a forward pass.
+
+    Args:
+        input (`(batch, seq, d_in)`): the activation the SAE replaced.
+        latents (`(batch, seq, dict_size)`): its sparse code.
+        reconstruction (`(batch, seq, d_in)`): what was spliced in instead.
+    """
+
+    input: Optional[torch.Tensor] = None
+    latents: Optional[torch.Tensor] = None
+    reconstruction: Optional[torch.Tensor] = None
+
+
+@dataclass
+class SAEPatchedOutput(ModelOutput):
+    """Output of [`SAEPatchedModel.forward`].
+
+    Args:
+        loss: next-token cross-entropy when `labels` were given.
+        logits (`(batch, seq, vocab)`): None when the forward stopped early.
+        sae_outputs: per SAE site (canonical name), a [`SiteOutput`]; empty with SAEs disabled.
+        cached_activations: per requested `cache_sites` entry, the activation `(batch, seq, d)`.
+    """
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    sae_outputs: Optional[dict] = None
+    cached_activations: Optional[dict] = None
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once every needed activation is recorded."""
+
+
+def _module_key(site: str) -> str:
+    return site.replace(".", "__")  # nn.ModuleDict keys may not contain dots
+
+
+def _as_site_dict(saes: SAEsLike) -> dict:
+    """Normalise the accepted forms to {canonical site: sae}; checks naming consistency."""
+    if isinstance(saes, SparseAutoencoder):
+        saes = [saes]
+    if isinstance(saes, Mapping):
+        items = list(saes.items())
+    else:
+        items = []
+        for sae in saes:
+            if sae.config.site is None:
+                raise ValueError("An SAE without `config.site` must be passed in a {site: sae} mapping.")
+            items.append((sae.config.site, sae))
+    result: dict = {}
+    for site, sae in items:
+        if not isinstance(sae, SparseAutoencoder):
+            raise TypeError(f"Expected a SparseAutoencoder for site {site!r}, got {type(sae).__name__}")
+        name = str(parse_site(site))
+        if sae.config.site is not None and sae.config.site != name:
+            raise ValueError(f"SAE configured for site {sae.config.site!r} was given for site {name!r}.")
+        if name in result:
+            raise ValueError(f"Two SAEs for one site: {name!r}. Each site takes at most one SAE.")
+        result[name] = sae
+    if not result:
+        raise ValueError("SAEPatchedModel needs at least one SAE.")
+    return result
+
+
+def validate_sae_configs(base_config, sae_configs: Mapping) -> None:
+    """Check `{site: SAEConfig}` against a base model config; raises before anything is patched."""
+    width = hidden_size(base_config)
+    for site, config in sae_configs.items():
+        check_site(base_config, site)
+        if config.d_in != width:
+            raise ValueError(f"SAE for {site!r} has d_in={config.d_in}, but the base model's hidden size is {width}.")
+
+
+class SAEPatchedModel(nn.Module):
+    """A frozen causal LM plus one or more SAEs at distinct sites.
+
+    Args:
+        base_model (`PreTrainedModel`): any `AutoModelForCausalLM` of a registered family.
+        saes: one SAE, a list of SAEs (each with `config.site`), or a `{site: sae}` mapping.
+    """
+
+    def __init__(self, base_model: nn.Module, saes: SAEsLike):
+        super().__init__()
+        site_saes = _as_site_dict(saes)
+        validate_sae_configs(base_model.config, {site: sae.config for site, sae in site_saes.items()})
+        resolved = {site: resolve_site(base_model, site) for site in site_saes}  # may raise; nothing patched yet
+
+        self.base_model = base_model
+        self.saes = nn.ModuleDict({_module_key(site): sae for site, sae in site_saes.items()})
+        self.sites: list = sorted(site_saes, key=lambda s: parse_site(s).position)
+        self._fill_base_model_metadata()
+        self._saved_requires_grad = {name: p.requires_grad for name, p in base_model.named_parameters()}
+        self._saved_training = base_model.training
+        base_model.requires_grad_(False)
+        base_model.eval()
+
+        self._saes_enabled = True
+        self._records: Optional[dict] = None
+        self._handles = [
+            add_hook(r.module, r.rewrite, self._make_sae_rewrite(site)) for site, r in resolved.items()
+        ]
+
+    # ------------------------------------------------------------------ patching
+    def _fill_base_model_metadata(self) -> None:
+        """Record which base model the SAEs belong to, where the user did not say."""
+        name = getattr(self.base_model.config, "_name_or_path", None) or None
+        revision = getattr(self.base_model.config, "_commit_hash", None)
+        for sae in self.saes.values():
+            if sae.config.base_model_name_or_path is None:
+                sae.config.base_model_name_or_path = name
+                sae.config.base_model_revision = sae.config.base_model_revision or revision
+
+    def sae(self, site: str) -> SparseAutoencoder:
+        """The SAE at `site` (any accepted spelling)."""
+        return self.saes[_module_key(str(parse_site(site)))]
+
+    def _make_sae_rewrite(self, site: str):
+        sae_key = _module_key(site)
+
+        def rewrite(x: torch.Tensor) -> Optional[torch.Tensor]:
+            if not self._saes_enabled:
+                return None
+            sae = self.saes[sae_key]
+            out = sae(x.to(sae.dtype))
+            if self._records is not None:
+                self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=out.reconstruction)
+            return out.reconstruction.to(x.dtype)
+
+        return rewrite
+
+    def unpatch(self) -> nn.Module:
+        """Remove every hook and restore the base model's flags; returns the base model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for name, param in self.base_model.named_parameters():
+            param.requires_grad_(self._saved_requires_grad.get(name, param.requires_grad))
+        self.base_model.train(self._saved_training)
+        return self.base_model
+
+    @contextlib.contextmanager
+    def saes_disabled(self) -> Iterator[None]:
+        """Run the base model as if no SAE were there (outputs identical bit for bit)."""
+        previous, self._saes_enabled = self._saes_enabled, False
+        try:
+            yield
+        finally:
+            self._saes_enabled = previous
+
+    def train(self, mode: bool = True) -> "SAEPatchedModel":
+        """Train mode applies to the SAEs only; the frozen base always stays in eval mode."""
+        super().train(mode)
+        self.base_model.eval()
+        return self
+
+    # ------------------------------------------------------------------ running
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        cache_sites: Optional[Iterable[str]] = None,
+        stop_early: bool = False,
+        **kwargs,
+    ) -> SAEPatchedOutput:
+        """Run the patched model.
+
+        Args:
+            input_ids (`(batch, seq)`), attention_mask, labels: as for the base causal LM.
+            cache_sites: extra sites (e.g. later `resid_pre`s for e2e+ds) whose activations to return.
+            stop_early: stop the forward pass once every SAE and cache site has run (no logits);
+                local training needs nothing after the last SAE.
+            **kwargs: passed to the base model (`use_cache` defaults to False).
+        """
+        records: dict = {}
+        cached: dict = {}
+        handles = [self._add_cache_hook(site, cached) for site in cache_sites or []]
+        if stop_early:
+            handles.append(self._add_stop_hook(list(cache_sites or [])))
+        self._records = records
+        kwargs.setdefault("use_cache", False)
+        try:
+            out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            loss, logits = out.loss, out.logits
+        except _StopForward:
+            loss = logits = None
+        finally:
+            self._records = None
+            for handle in handles:
+                handle.remove()
+        return SAEPatchedOutput(loss=loss, logits=logits, sae_outputs=records, cached_activations=cached)
+
+    def _add_cache_hook(self, site: str, cached: dict):
+        name = str(parse_site(site))
+        resolved = resolve_site(self.base_model, name)
+
+        def read(x: torch.Tensor) -> None:
+            cached[name] = x
+
+        return add_hook(resolved.module, resolved.rewrite, read)
+
+    def _add_stop_hook(self, cache_sites: list):
+        last = max([*self.sites, *map(str, map(parse_site, cache_sites))], key=lambda s: parse_site(s).position)
+        resolved = resolve_site(self.base_model, last)
+
+        def stop(_x: torch.Tensor) -> None:
+            raise _StopForward
+
+        return add_hook(resolved.module, resolved.rewrite, stop)  # added last, so it runs after the others
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        """`base_model.generate` with the SAEs in place (see `saes_disabled` for the clean model)."""
+        return self.base_model.generate(*args, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self):
+        """The base model's config."""
+        return self.base_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.saes.parameters()).device
+
+    def sae_parameters(self) -> Iterator[nn.Parameter]:
+        """Only the trainable SAE parameters (what an optimizer should see)."""
+        return self.saes.parameters()
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Write only the SAEs (safetensors + config each, one subfolder per site when several)."""
+        from .serialization import save_patched_model
+
+        save_patched_model(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, base_model: Optional[nn.Module] = None, **kwargs):
+        """Load SAEs from a directory or Hub repo and patch `base_model` or the base model they name.
+
+        See [`hf_e2e_sae.serialization.load_patched_model`] for the keyword arguments.
+        """
+        from .serialization import load_patched_model
+
+        return load_patched_model(cls, pretrained_model_name_or_path, base_model=base_model, **kwargs)

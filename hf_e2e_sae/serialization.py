@@ -1,0 +1,133 @@
+"""Saving and loading `SAEPatchedModel`s: only the SAEs, plus a manifest naming the base model.
+
+Layout (a local directory and a Hub repo are the same thing; loading goes through
+`transformers.utils.cached_file`, which serves both):
+
+    hf_e2e_sae.json                 manifest: format version, base model + revision, {site: subfolder}
+    config.json, model.safetensors  one SAE: at the top level (so `AutoModel.from_pretrained` works)
+    blocks.6.resid_pre/config.json  several SAEs: one subfolder per site
+    blocks.6.resid_pre/model.safetensors
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.utils import cached_file
+
+from .configuration_sae import SAE_FORMAT_VERSION, SAEConfig
+from .modeling_sae import SparseAutoencoder
+from .patched_model import validate_sae_configs
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "hf_e2e_sae.json"
+
+
+def build_manifest(model) -> dict:
+    """The manifest for a patched model: which SAEs where, trained on which base model."""
+    from . import __version__
+
+    first = model.sae(model.sites[0]).config
+    single = len(model.sites) == 1
+    return {
+        "format_version": SAE_FORMAT_VERSION,
+        "library_name": "hf_e2e_sae",
+        "library_version": __version__,
+        "base_model_name_or_path": first.base_model_name_or_path,
+        "base_model_revision": first.base_model_revision,
+        "saes": {site: "" if single else site for site in model.sites},
+    }
+
+
+def save_patched_model(model, save_directory, **kwargs: Any) -> None:
+    """Write the SAEs of `model` and the manifest into `save_directory` (no base weights)."""
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(model)
+    for site, subfolder in manifest["saes"].items():
+        model.sae(site).save_pretrained(save_directory / subfolder, **kwargs)
+    (save_directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    logger.info("Saved %d SAE(s) to %s", len(manifest["saes"]), save_directory)
+
+
+def _hub_kwargs(revision, token, cache_dir, local_files_only) -> dict:
+    return {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+
+
+def read_manifest(path_or_repo: str, **hub_kwargs: Any) -> dict:
+    """Read `hf_e2e_sae.json`; a bare `SparseAutoencoder.save_pretrained` folder counts as one SAE."""
+    manifest_file = cached_file(
+        path_or_repo, MANIFEST_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    if manifest_file is None:
+        config = SAEConfig.from_pretrained(path_or_repo, **hub_kwargs)
+        return {
+            "format_version": config.format_version,
+            "base_model_name_or_path": config.base_model_name_or_path,
+            "base_model_revision": config.base_model_revision,
+            "saes": {config.site: ""},
+        }
+    manifest = json.loads(Path(manifest_file).read_text())
+    version = manifest.get("format_version", 1)
+    if version > SAE_FORMAT_VERSION:
+        raise ValueError(
+            f"{path_or_repo}: {MANIFEST_NAME} has format_version {version}, newer than this hf_e2e_sae "
+            f"understands ({SAE_FORMAT_VERSION}); upgrade with `pip install -U hf_e2e_sae`."
+        )
+    if not manifest.get("saes"):
+        raise ValueError(f"{path_or_repo}: {MANIFEST_NAME} lists no SAEs.")
+    return manifest
+
+
+def load_patched_model(
+    cls,
+    pretrained_model_name_or_path,
+    base_model: Optional[nn.Module] = None,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    local_files_only: bool = False,
+    dtype: Any = None,
+    base_model_kwargs: Optional[dict] = None,
+):
+    """Load the SAEs at a directory or Hub repo and patch them into their base model.
+
+    Args:
+        pretrained_model_name_or_path: local directory or Hub repo id written by `save_pretrained`.
+        base_model: an already loaded causal LM to patch; by default the one the manifest names is
+            loaded at the recorded revision.
+        revision, token, cache_dir, local_files_only: for the SAE repo (token is reused for the base).
+        dtype: dtype of the base model when it is loaded here.
+        base_model_kwargs: extra kwargs for `AutoModelForCausalLM.from_pretrained` (e.g. device_map).
+    """
+    path = str(pretrained_model_name_or_path)
+    hub_kwargs = _hub_kwargs(revision, token, cache_dir, local_files_only)
+    manifest = read_manifest(path, **hub_kwargs)
+    configs = {site: SAEConfig.from_pretrained(path, subfolder=sub, **hub_kwargs) for site, sub in manifest["saes"].items()}
+    if base_model is None:
+        name = manifest.get("base_model_name_or_path")
+        if not name:
+            raise ValueError(f"{path}: the SAEs do not name their base model; pass `base_model=`.")
+        base_hub = {"revision": manifest.get("base_model_revision"), "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        base_config = AutoConfig.from_pretrained(name, **base_hub)
+        validate_sae_configs(base_config, configs)  # fail before loading any weights
+        extra = dict(base_model_kwargs or {})
+        if dtype is not None:
+            extra["dtype"] = dtype
+        base_model = AutoModelForCausalLM.from_pretrained(name, config=base_config, **base_hub, **extra)
+    else:
+        validate_sae_configs(base_model.config, configs)
+
+    saes = {
+        site: SparseAutoencoder.from_pretrained(path, subfolder=sub, config=configs[site], **hub_kwargs)
+        for site, sub in manifest["saes"].items()
+    }
+    device = next(base_model.parameters()).device
+    return cls(base_model, {site: sae.to(device) for site, sae in saes.items()})
+
