@@ -14,7 +14,7 @@ setup(
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=["hf_e2e_sae", "hf_e2e_sae.model_cards"],
     # The model card template lives in the top-level model_cards/ folder and ships inside the package.
     package_dir={"hf_e2e_sae.model_cards": "model_cards"},

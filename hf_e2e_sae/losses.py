@@ -8,7 +8,7 @@ beyond the two logits tensors and the gradient itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Literal, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,13 +47,13 @@ class KLLossConfig:
 class DownstreamLossConfig:
     coeff: Optional[float] = None
     """Total coefficient of the downstream MSE, split evenly over the sites; default from the preset."""
-    sites: list = field(default_factory=list)
+    sites: list[str] = field(default_factory=list)
     """Later sites to reconstruct; empty = the resid_pre of every block after the last SAE (paper)."""
 
 
 @dataclass
 class LossConfig:
-    preset: str = "e2e"
+    preset: Literal["local", "e2e", "e2e+ds"] = "e2e"
     """One of local, e2e, e2e+ds; fills every coefficient that is not given."""
     sparsity: SparsityLossConfig = field(default_factory=SparsityLossConfig)
     """Sparsity term: mean over tokens of ||c||_p / d_in."""
