@@ -80,3 +80,14 @@ class SparseAutoencoder(PreTrainedModel):
         if not return_dict:
             return (latents, reconstruction)
         return SAEOutput(latents=latents, reconstruction=reconstruction)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload this SAE (safetensors + config + manifest) and a README.md model card in one commit.
+
+        Replaces transformers' `PushToHubMixin.push_to_hub`, which would overwrite the card. See
+        [`hf_e2e_sae.hub.push_to_hub`] for the arguments (`private`, `token`, `revision`, `commit_message`,
+        `card_data`, `metrics`, `train_config`, ...). Returns the `huggingface_hub.CommitInfo`.
+        """
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)

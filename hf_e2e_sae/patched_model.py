@@ -270,6 +270,16 @@ class SAEPatchedModel(nn.Module):
 
         save_patched_model(self, save_directory, **kwargs)
 
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the SAEs (no base weights), manifest and a README.md model card to the Hub in one commit.
+
+        See [`hf_e2e_sae.hub.push_to_hub`] for the arguments (`private`, `token`, `revision`, `commit_message`,
+        `card_data`, `metrics`, `train_config`, ...). Returns the `huggingface_hub.CommitInfo`.
+        """
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, base_model: Optional[nn.Module] = None, **kwargs):
         """Load SAEs from a directory or Hub repo and patch `base_model` or the base model they name.

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.utils import cached_file
+from transformers.utils import CONFIG_NAME, cached_file
 
 from .configuration_sae import SAE_FORMAT_VERSION, SAEConfig
 from .modeling_sae import SparseAutoencoder
@@ -60,13 +60,45 @@ def _hub_kwargs(revision, token, cache_dir, local_files_only) -> dict:
     return {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
 
 
-def read_manifest(path_or_repo: str, **hub_kwargs: Any) -> dict:
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def _cached_file(path_or_repo: str, filename: str, **kwargs: Any) -> Optional[str]:
+    """`cached_file` with errors that name the repo and say what to do (missing repo / revision)."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return cached_file(path_or_repo, filename, **kwargs)
+    except OSError as e:
+        cause = e.__cause__
+        if isinstance(cause, RepositoryNotFoundError):
+            raise OSError(
+                f"Repository {path_or_repo!r} was not found on the Hub (and is no local directory). Check the repo id; "
+                "if it is private or gated, log in with `hf auth login` or pass `token=`."
+            ) from e
+        if isinstance(cause, RevisionNotFoundError):
+            raise OSError(f"Revision {kwargs.get('revision')!r} was not found in repository {path_or_repo!r}.") from e
+        raise
+
+
+def read_manifest(path_or_repo: str, subfolder: str = "", **hub_kwargs: Any) -> dict:
     """Read `hf_e2e_sae.json`; a bare `SparseAutoencoder.save_pretrained` folder counts as one SAE."""
-    manifest_file = cached_file(
-        path_or_repo, MANIFEST_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
+    where = f"{path_or_repo}/{subfolder}" if subfolder else str(path_or_repo)
+    missing_ok = {"_raise_exceptions_for_missing_entries": False, "subfolder": subfolder, **hub_kwargs}
+    manifest_file = _cached_file(path_or_repo, MANIFEST_NAME, **missing_ok)
     if manifest_file is None:
-        config = SAEConfig.from_pretrained(path_or_repo, **hub_kwargs)
+        if _cached_file(path_or_repo, CONFIG_NAME, **missing_ok) is None:
+            raise OSError(
+                f"{where} (revision {hub_kwargs.get('revision') or 'main'}) holds neither {MANIFEST_NAME} nor "
+                f"{CONFIG_NAME}: it is not an hf_e2e_sae save (wrong repo id, revision or subfolder?)."
+            )
+        config = SAEConfig.from_pretrained(path_or_repo, subfolder=subfolder, **hub_kwargs)
+        if config.site is None:
+            raise ValueError(
+                f"{where}: the SAE does not record its site; load it with `SparseAutoencoder.from_pretrained` and "
+                "pass it to `SAEPatchedModel` as a {site: sae} mapping."
+            )
         return {
             "format_version": config.format_version,
             "base_model_name_or_path": config.base_model_name_or_path,
@@ -77,12 +109,22 @@ def read_manifest(path_or_repo: str, **hub_kwargs: Any) -> dict:
     version = manifest.get("format_version", 1)
     if version > SAE_FORMAT_VERSION:
         raise ValueError(
-            f"{path_or_repo}: {MANIFEST_NAME} has format_version {version}, newer than this hf_e2e_sae "
+            f"{where}: {MANIFEST_NAME} has format_version {version}, newer than this hf_e2e_sae "
             f"understands ({SAE_FORMAT_VERSION}); upgrade with `pip install -U hf_e2e_sae`."
         )
     if not manifest.get("saes"):
-        raise ValueError(f"{path_or_repo}: {MANIFEST_NAME} lists no SAEs.")
+        raise ValueError(f"{where}: {MANIFEST_NAME} lists no SAEs.")
     return manifest
+
+
+def _load_sae_config(path: str, subfolder: str, site: str, **hub_kwargs: Any) -> SAEConfig:
+    missing_ok = {"_raise_exceptions_for_missing_entries": False, "subfolder": subfolder, **hub_kwargs}
+    if _cached_file(path, CONFIG_NAME, **missing_ok) is None:
+        raise OSError(f"{path}: {MANIFEST_NAME} lists the SAE for {site!r}, but {_join(subfolder, CONFIG_NAME)} is missing.")
+    try:
+        return SAEConfig.from_pretrained(path, subfolder=subfolder, **hub_kwargs)
+    except ValueError as e:
+        raise ValueError(f"{path}: {_join(subfolder, CONFIG_NAME)}: {e}") from e
 
 
 def load_patched_model(
@@ -95,6 +137,7 @@ def load_patched_model(
     local_files_only: bool = False,
     dtype: Any = None,
     base_model_kwargs: Optional[dict] = None,
+    subfolder: str = "",
 ):
     """Load the SAEs at a directory or Hub repo and patch them into their base model.
 
@@ -105,17 +148,26 @@ def load_patched_model(
         revision, token, cache_dir, local_files_only: for the SAE repo (token is reused for the base).
         dtype: dtype of the base model when it is loaded here.
         base_model_kwargs: extra kwargs for `AutoModelForCausalLM.from_pretrained` (e.g. device_map).
+        subfolder: folder of the repo that holds the save (e.g. one site of a several-SAE repo, or one run
+            of a repo with several runs).
     """
     path = str(pretrained_model_name_or_path)
     hub_kwargs = _hub_kwargs(revision, token, cache_dir, local_files_only)
-    manifest = read_manifest(path, **hub_kwargs)
-    configs = {site: SAEConfig.from_pretrained(path, subfolder=sub, **hub_kwargs) for site, sub in manifest["saes"].items()}
+    manifest = read_manifest(path, subfolder=subfolder, **hub_kwargs)
+    folders = {site: _join(subfolder, sub) for site, sub in manifest["saes"].items()}
+    configs = {site: _load_sae_config(path, folder, site, **hub_kwargs) for site, folder in folders.items()}
     if base_model is None:
         name = manifest.get("base_model_name_or_path")
         if not name:
             raise ValueError(f"{path}: the SAEs do not name their base model; pass `base_model=`.")
         base_hub = {"revision": manifest.get("base_model_revision"), "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
-        base_config = AutoConfig.from_pretrained(name, **base_hub)
+        try:
+            base_config = AutoConfig.from_pretrained(name, **base_hub)
+        except OSError as e:
+            raise OSError(
+                f"{path}: cannot load the base model {name!r} (revision {base_hub['revision'] or 'main'}) the SAEs "
+                f"were trained on; pass `base_model=` to patch a model you loaded yourself. Cause: {e}"
+            ) from e
         validate_sae_configs(base_config, configs)  # fail before loading any weights
         extra = dict(base_model_kwargs or {})
         if dtype is not None:
@@ -125,8 +177,8 @@ def load_patched_model(
         validate_sae_configs(base_model.config, configs)
 
     saes = {
-        site: SparseAutoencoder.from_pretrained(path, subfolder=sub, config=configs[site], **hub_kwargs)
-        for site, sub in manifest["saes"].items()
+        site: SparseAutoencoder.from_pretrained(path, subfolder=folder, config=configs[site], **hub_kwargs)
+        for site, folder in folders.items()
     }
     device = next(base_model.parameters()).device
     return cls(base_model, {site: sae.to(device) for site, sae in saes.items()})

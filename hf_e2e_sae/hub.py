@@ -1,0 +1,312 @@
+"""Publishing SAEs on the Hugging Face Hub: one atomic commit with weights, configs, manifest and model card.
+
+    model.push_to_hub("org/gpt2-e2e-l6", metrics=metrics, train_config=cfg)   # SAEPatchedModel or SparseAutoencoder
+    push_run_to_hub("runs/e2e-l6/final", "org/gpt2-e2e-l6")                  # a trainer's output folder
+    hf-e2e-sae push runs/e2e-l6 org/gpt2-e2e-l6 --private                     # the same from the shell
+
+Everything is checked before anything is written or sent: a write token, the repo id, the saved format
+(manifest, configs, weight files). The files go up in a single `HfApi.create_commit`, so a failed upload
+leaves the repo at its previous commit. The README.md model card is rendered by
+[`hf_e2e_sae.model_card.render_model_card`] and is never overwritten by transformers' default card.
+Loading needs nothing from here: `SAEPatchedModel.from_pretrained("org/repo")` reads the same layout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import yaml
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCardData, get_token, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers.utils import CONFIG_NAME
+
+from .configuration_sae import SAE_FORMAT_VERSION
+from .model_card import is_hub_id, render_card_from_configs, sae_manifest
+from .serialization import MANIFEST_NAME, _load_sae_config, read_manifest
+
+logger = logging.getLogger(__name__)
+
+# Optional files of a trainer's final folder: uploaded as they are and used for the model card.
+METRICS_FILE = "eval_metrics.json"
+TRAIN_CONFIG_FILE = "train_config.yaml"
+TRAIN_SUMMARY_FILE = "train_summary.json"
+_SHA_RE = re.compile(r"[0-9a-f]{40}")
+
+PathLike = Union[str, os.PathLike]
+
+
+def require_token(token: Optional[str]) -> str:
+    """The token to push with (`token=` or the logged-in one); raises before anything is written."""
+    token = token or get_token()
+    if not token:
+        raise ValueError(
+            "Pushing to the Hugging Face Hub needs a token with write access, and none was found: "
+            "run `hf auth login`, set the HF_TOKEN environment variable, or pass `token=`."
+        )
+    return token
+
+
+def _read_optional(value: Any, what: str) -> dict:
+    """A dict given directly, or read from a JSON / YAML file path; None -> {}."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist.")
+    loaded = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{what}: {path} does not hold a mapping.")
+    return dict(loaded)
+
+
+def _base_revision(manifest: Mapping, train_config: Mapping, token: str) -> Optional[str]:
+    """The base model's revision to record: the saved one, else the commit the local cache (or the Hub) has."""
+    name, revision = manifest.get("base_model_name_or_path"), manifest.get("base_model_revision")
+    if revision or not is_hub_id(name):
+        return revision
+    ref = (train_config.get("base_model") or {}).get("revision") if isinstance(train_config.get("base_model"), Mapping) else None
+    ref = ref or "main"
+    if _SHA_RE.fullmatch(ref):
+        return ref
+    cached = try_to_load_from_cache(name, CONFIG_NAME, revision=ref)
+    if isinstance(cached, str):
+        sha = Path(cached).parent.name  # .../snapshots/<sha>/config.json
+        if _SHA_RE.fullmatch(sha):
+            logger.info("Recording base model %s at revision %s (the cached %r).", name, sha, ref)
+            return sha
+    try:
+        sha = HfApi(token=token).model_info(name, revision=ref).sha
+    except (HfHubHTTPError, OSError) as e:
+        logger.warning("Could not resolve the revision of base model %s (%s); the card will not pin it.", name, e)
+        return None
+    logger.warning("Base model %s: no revision was recorded; pinning the Hub's current %r, %s.", name, ref, sha)
+    return sha
+
+
+def _add_metadata(src: Path, dst: Path) -> None:
+    """Copy a safetensors file, adding `hf_e2e_sae_version` / `hf_e2e_sae_format_version` to its metadata."""
+    from . import __version__
+
+    with safe_open(str(src), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    metadata.setdefault("format", "pt")
+    metadata.update(hf_e2e_sae_version=__version__, hf_e2e_sae_format_version=str(SAE_FORMAT_VERSION))
+    save_file(tensors, str(dst), metadata=metadata)
+
+
+def _push_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    token: str,
+    private: Optional[bool],
+    revision: Optional[str],
+    commit_message: Optional[str],
+    commit_description: Optional[str],
+    create_pr: bool,
+    metrics: dict,
+    train_config: dict,
+    train_summary: dict,
+    card_data: Any,
+    license: str,
+    extra_files: tuple = (),
+) -> CommitInfo:
+    """Check a `save_pretrained` folder, render its card and push it all in one commit."""
+    has_manifest = (folder / MANIFEST_NAME).is_file()
+    if has_manifest:
+        manifest = dict(read_manifest(str(folder)))  # refuses unknown format versions
+    else:  # a bare SparseAutoencoder.save_pretrained folder
+        manifest = sae_manifest(_load_sae_config(str(folder), "", "the SAE"))
+    configs = {site: _load_sae_config(str(folder), sub, site) for site, sub in manifest["saes"].items()}
+    base_name = manifest.get("base_model_name_or_path")
+    pinned = _base_revision(manifest, train_config, token)
+
+    with tempfile.TemporaryDirectory(prefix="hf_e2e_sae_push_") as staging:
+        operations = []
+        for i, (site, sub) in enumerate(manifest["saes"].items()):
+            sae_dir = folder / sub
+            weights = sorted(sae_dir.glob("*.safetensors"))
+            if not weights:
+                raise FileNotFoundError(f"{sae_dir}: no .safetensors weights for the SAE at {site!r}.")
+            config = json.loads((sae_dir / CONFIG_NAME).read_text())
+            if pinned and not config.get("base_model_revision") and config.get("base_model_name_or_path") == base_name:
+                config["base_model_revision"] = configs[site].base_model_revision = pinned
+            operations.append(CommitOperationAdd(_repo_path(sub, CONFIG_NAME), json.dumps(config, indent=2).encode() + b"\n"))
+            for src in weights:
+                dst = Path(staging) / f"{i}-{src.name}"
+                _add_metadata(src, dst)
+                operations.append(CommitOperationAdd(_repo_path(sub, src.name), str(dst)))
+            for index in sae_dir.glob("*.safetensors.index.json"):
+                operations.append(CommitOperationAdd(_repo_path(sub, index.name), str(index)))
+        manifest["base_model_revision"] = pinned
+        if has_manifest:
+            operations.append(CommitOperationAdd(MANIFEST_NAME, json.dumps(manifest, indent=2).encode() + b"\n"))
+        card = render_card_from_configs(
+            manifest, configs, repo_id, metrics=metrics, train_config=train_config, train_summary=train_summary,
+            card_data=card_data, license=license, revision=revision,
+        )
+        operations.append(CommitOperationAdd("README.md", str(card).encode("utf-8")))
+        operations += [CommitOperationAdd(Path(f).name, str(f)) for f in extra_files]
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and revision != "main" and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        from . import __version__
+
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or f"Upload {len(configs)} SAE(s) with hf_e2e_sae {__version__}",
+            commit_description=commit_description,
+            revision=revision,
+            create_pr=create_pr or None,
+        )
+    logger.info("Pushed %d files to %s (%s)", len(operations), repo_id, info.commit_url)
+    return info
+
+
+def _repo_path(subfolder: str, name: str) -> str:
+    return f"{subfolder.strip('/')}/{name}" if subfolder else name
+
+
+def push_to_hub(
+    model: Any,
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    revision: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    commit_description: Optional[str] = None,
+    create_pr: bool = False,
+    card_data: Optional[Union[ModelCardData, Mapping[str, Any]]] = None,
+    metrics: Optional[Union[Mapping[str, Any], PathLike]] = None,
+    train_config: Optional[Union[Mapping[str, Any], PathLike]] = None,
+    train_summary: Optional[Union[Mapping[str, Any], PathLike]] = None,
+    license: str = "mit",
+) -> CommitInfo:
+    """Upload SAEs (weights, configs, manifest) and a README.md model card to the Hub in one commit.
+
+    Args:
+        model ([`SAEPatchedModel`] or [`SparseAutoencoder`]): what to publish (only SAE weights are uploaded).
+        repo_id (`str`): `"namespace/name"`; created if it does not exist (`exist_ok=True`).
+        private (`bool`, *optional*): visibility of a newly created repo (an existing repo keeps its own).
+        token (`str`, *optional*): a write token; defaults to the logged-in one (`hf auth login` / `HF_TOKEN`).
+        revision (`str`, *optional*): branch to commit to (created from main if missing); default main.
+        commit_message, commit_description (`str`, *optional*): of the commit.
+        create_pr (`bool`, *optional*, defaults to `False`): open a pull request instead of committing.
+        card_data (`ModelCardData` or `dict`, *optional*): extra / overriding card header fields.
+        metrics (`dict` or path to JSON, *optional*): output of [`hf_e2e_sae.evaluate`], for the card.
+        train_config (`dict` or path to YAML, *optional*): the training config, for the card.
+        train_summary (`dict` or path to JSON, *optional*): e.g. `{"train_tokens": ...}`, for the card.
+        license (`str`, *optional*, defaults to `"mit"`): the card's license.
+
+    Returns:
+        [`huggingface_hub.CommitInfo`]: `.commit_url`, `.oid` (the commit sha), `.pr_url`.
+    """
+    from .modeling_sae import SparseAutoencoder
+
+    token = require_token(token)
+    validate_repo_id(repo_id)
+    metrics = _read_optional(metrics, "metrics")
+    train_config = _read_optional(train_config, "train_config")
+    train_summary = _read_optional(train_summary, "train_summary")
+    with tempfile.TemporaryDirectory(prefix="hf_e2e_sae_save_") as tmp:
+        model.save_pretrained(tmp)
+        if isinstance(model, SparseAutoencoder) and model.config.site is not None:
+            Path(tmp, MANIFEST_NAME).write_text(json.dumps(sae_manifest(model.config), indent=2) + "\n")
+        return _push_folder(
+            Path(tmp), repo_id, token=token, private=private, revision=revision, commit_message=commit_message,
+            commit_description=commit_description, create_pr=create_pr, metrics=metrics, train_config=train_config,
+            train_summary=train_summary, card_data=card_data, license=license,
+        )
+
+
+def find_saved_folder(output_dir: PathLike) -> Path:
+    """The folder holding the saved SAEs: `output_dir` itself, or its `final/` subfolder (trainer output)."""
+    path = Path(output_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory.")
+    for candidate in (path, path / "final"):
+        if (candidate / MANIFEST_NAME).is_file() or (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path} holds no saved SAEs: expected {MANIFEST_NAME} or {CONFIG_NAME} in it or in {path / 'final'}."
+    )
+
+
+def push_run_to_hub(
+    run_dir: PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    *,
+    revision: Optional[str] = None,
+    license: str = "mit",
+) -> str:
+    """Publish a trainer's final artifact folder (SAEs + optional eval_metrics.json / train_config.yaml /
+    train_summary.json, uploaded as well and used for the card). `run_dir` may also be the trainer's
+    output folder that contains `final/`. Returns the commit URL.
+    """
+    token = require_token(token)
+    validate_repo_id(repo_id)
+    folder = find_saved_folder(run_dir)
+    search = [folder] if folder == Path(run_dir) else [folder, Path(run_dir)]  # final/ first, then the run root
+    present = {}
+    for name in (METRICS_FILE, TRAIN_CONFIG_FILE, TRAIN_SUMMARY_FILE):
+        found = [d / name for d in search if (d / name).is_file()]
+        if found:
+            present[name] = found[0]
+    info = _push_folder(
+        folder, repo_id, token=token, private=private, revision=revision, commit_message=commit_message,
+        commit_description=None, create_pr=False,
+        metrics=_read_optional(present.get(METRICS_FILE), METRICS_FILE),
+        train_config=_read_optional(present.get(TRAIN_CONFIG_FILE), TRAIN_CONFIG_FILE),
+        train_summary=_read_optional(present.get(TRAIN_SUMMARY_FILE), TRAIN_SUMMARY_FILE),
+        card_data=None, license=license, extra_files=tuple(present.values()),
+    )
+    return info.commit_url
+
+
+def push_main(argv: Optional[list] = None) -> int:
+    """`hf-e2e-sae push OUTPUT_DIR REPO_ID [--private] [--token T] [--revision R] [--commit-message M]`."""
+    parser = argparse.ArgumentParser(
+        prog="hf-e2e-sae push",
+        description="Publish trained SAEs (a trainer output folder, its final/ folder, or any save_pretrained "
+                    "folder) to the Hugging Face Hub in one commit, with a model card.",
+    )
+    parser.add_argument("output_dir", help="trainer output folder (containing final/) or the saved folder itself")
+    parser.add_argument("repo_id", help="target repo, e.g. your-name/gpt2-e2e-layer6 (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--token", default=None, help="Hub write token (default: `hf auth login` / HF_TOKEN)")
+    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    parser.add_argument("--commit-message", default=None, help="commit message")
+    parser.add_argument("--license", default="mit", help="license in the model card (default: mit)")
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        url = push_run_to_hub(
+            args.output_dir, args.repo_id, private=args.private, token=args.token,
+            commit_message=args.commit_message, revision=args.revision, license=args.license,
+        )
+    except (ValueError, OSError, HfHubHTTPError) as e:
+        sys.stderr.write(f"hf-e2e-sae push: error: {e}\n")
+        return 1
+    sys.stdout.write(url + "\n")
+    return 0
