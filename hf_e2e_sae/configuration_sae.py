@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 
 # Bumped when the saved format changes incompatibly; loaders refuse newer versions.
 SAE_FORMAT_VERSION = 1
+DEFAULT_DICT_SIZE_RATIO = 60.0
 
 _STANDARD_KEYS: Optional[frozenset] = None
 
@@ -32,9 +33,9 @@ class SAEConfig(PretrainedConfig):
         d_in (`int`):
             Width of the activation the SAE reads and writes (the base model's hidden size).
         dict_size (`int`, *optional*):
-            Number of dictionary elements (latents). Give this or `dict_size_ratio`.
+            Number of dictionary elements (latents); takes precedence over `dict_size_ratio`.
         dict_size_ratio (`float`, *optional*):
-            `dict_size = round(dict_size_ratio * d_in)` when `dict_size` is not given (paper: 60).
+            `dict_size = round(dict_size_ratio * d_in)` when `dict_size` is not given (default 60, as the paper).
         activation (`str`, *optional*, defaults to `"relu"`):
             Latent activation; one of the names registered in `hf_e2e_sae.activations.ACTIVATIONS`.
         site (`str`, *optional*):
@@ -76,8 +77,8 @@ class SAEConfig(PretrainedConfig):
         if not isinstance(d_in, int) or d_in <= 0:
             raise ValueError(f"SAEConfig.d_in must be a positive int, got {d_in!r}")
         if dict_size is None:
-            if dict_size_ratio is None:
-                raise ValueError("SAEConfig needs `dict_size` or `dict_size_ratio`.")
+            # Paper default; also lets transformers build SAEConfig() with no arguments (4.x to_diff_dict).
+            dict_size_ratio = DEFAULT_DICT_SIZE_RATIO if dict_size_ratio is None else dict_size_ratio
             if dict_size_ratio <= 0:
                 raise ValueError(f"SAEConfig.dict_size_ratio must be > 0, got {dict_size_ratio!r}")
             dict_size = max(1, round(dict_size_ratio * d_in))

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -99,6 +102,16 @@ def _as_site_dict(saes: SAEsLike) -> dict:
     return result
 
 
+def _loaded_revision(config) -> Optional[str]:
+    """Commit the base model was loaded at, if it came from the Hub cache (transformers 5 has no _commit_hash)."""
+    revision = getattr(config, "_commit_hash", None)
+    name = getattr(config, "_name_or_path", None)
+    if revision or not name or os.path.isdir(name):
+        return revision
+    cached = try_to_load_from_cache(name, "config.json")
+    return Path(cached).parent.name if isinstance(cached, str) and "snapshots" in Path(cached).parts else None
+
+
 def validate_sae_configs(base_config, sae_configs: Mapping) -> None:
     """Check `{site: SAEConfig}` against a base model config; raises before anything is patched."""
     width = hidden_size(base_config)
@@ -141,7 +154,7 @@ class SAEPatchedModel(nn.Module):
     def _fill_base_model_metadata(self) -> None:
         """Record which base model the SAEs belong to, where the user did not say."""
         name = getattr(self.base_model.config, "_name_or_path", None) or None
-        revision = getattr(self.base_model.config, "_commit_hash", None)
+        revision = _loaded_revision(self.base_model.config)
         for sae in self.saes.values():
             if sae.config.base_model_name_or_path is None:
                 sae.config.base_model_name_or_path = name

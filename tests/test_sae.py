@@ -49,6 +49,7 @@ def test_orthogonal_decoder_init_and_option_off():
 def test_dict_size_ratio_and_site_alias():
     config = SAEConfig(d_in=10, dict_size_ratio=2.5, site="blocks.3.hook_mlp_out")
     assert config.dict_size == 25
+    assert SAEConfig(d_in=4).dict_size == 240  # the paper's ratio 60 by default
     assert config.site == "blocks.3.mlp_out"
     assert str(parse_site("blocks.0.hook_resid_pre")) == "blocks.0.resid_pre"
 
@@ -57,7 +58,8 @@ def test_dict_size_ratio_and_site_alias():
     "kwargs, message",
     [
         ({"d_in": 0, "dict_size": 4}, "d_in"),
-        ({"d_in": 4}, "dict_size"),
+        ({"d_in": 4, "dict_size_ratio": -1.0}, "dict_size_ratio"),
+        ({"d_in": 4, "dict_size": 0}, "dict_size"),
         ({"d_in": 4, "dict_size": 8, "activation": "softplus"}, "valid choices"),
         ({"d_in": 4, "dict_size": 8, "site": "blocks.x.resid"}, "Unknown site"),
         ({"d_in": 4, "dict_size": 8, "site": "blocks.1.resid_mid"}, "resid_pre"),
