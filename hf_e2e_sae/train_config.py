@@ -44,7 +44,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     """Loss preset and coefficients."""
     data: DataConfig = field(default_factory=lambda: DataConfig(
-        path="apollo-research/Skylion007-openwebtext-tokenizer-gpt2", context_length=1024, n_eval_samples=500))
+        path="apollo-research/Skylion007-openwebtext-tokenizer-gpt2", streaming=True, context_length=1024,
+        n_eval_samples=500))
     """Training and held-out evaluation data."""
     n_samples: Optional[int] = 400_000
     """Training samples (sequences of data.context_length tokens); give this or n_tokens."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,14 +87,34 @@ class _Run:
         self.start_time = time.time()
 
 
+def _use_cpu_backend() -> bool:
+    """Whether Accelerate must be told `cpu=True` for this process.
+
+    A distributed launch (`accelerate launch --multi_gpu`, `torchrun`: WORLD_SIZE > 1) on a machine without
+    GPUs otherwise gives every process `DistributedType.NO` (accelerate 1.x only picks gloo/MULTI_CPU when
+    asked for the CPU): N independent single-process runs that each train on all data and race on output_dir.
+    """
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return True
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+
+
 def setup_run(config: TrainConfig) -> _Run:
     """Accelerator, model, data, optimizer and schedule; restores a checkpoint when asked."""
-    world = PartialState().num_processes
+    cpu = _use_cpu_backend()
+    world = PartialState(cpu=cpu).num_processes
     if config.effective_batch_size % (config.batch_size * world):
         raise ValueError(f"effective_batch_size={config.effective_batch_size} is not a multiple of "
                          f"batch_size={config.batch_size} x {world} processes")
+    # sync_with_dataloader=False: `_micro_batch_groups` reads a whole group before training on it, so the
+    # prepared loader already reports end_of_dataloader during the last group; with the default (True) every
+    # micro-batch of that group became its own optimizer step. Groups are always full, so counting suffices.
+    accumulation = GradientAccumulationPlugin(
+        num_steps=config.effective_batch_size // (config.batch_size * world), sync_with_dataloader=False)
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.effective_batch_size // (config.batch_size * world),
+        cpu=cpu,
+        gradient_accumulation_plugin=accumulation,
         mixed_precision=config.mixed_precision,
         log_with=None if config.tracker == "none" else config.tracker,
         project_dir=config.output_dir,
@@ -269,26 +290,44 @@ def write_final(run: _Run, metrics: dict) -> Path:
     return final
 
 
-def train_main(argv: Optional[list] = None) -> int:
-    """`hf-e2e-sae train [CONFIG.yaml] [overrides]`; no CONFIG: the offline tiny-Shakespeare e2e run."""
+def config_from_argv(argv: list, prog: str = "hf-e2e-sae train") -> Optional[TrainConfig]:
+    """`[CONFIG.yaml] [overrides]` -> TrainConfig; prints the field help and returns None for --help.
+
+    Without CONFIG, the offline tiny-Shakespeare e2e run (examples/configs/tiny-e2e.yaml) is used.
+    """
     import sys
 
     from .config_utils import format_help, is_help_requested
     from .train_config import load_train_config
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(argv)
     if is_help_requested(argv):
-        sys.stdout.write(format_help(TrainConfig, "hf-e2e-sae train [CONFIG.yaml]") + "\n")
-        return 0
+        sys.stdout.write(format_help(TrainConfig, f"{prog} [CONFIG.yaml]") + "\n")
+        return None
     path = argv.pop(0) if argv and not argv[0].startswith("-") and "=" not in argv[0] else default_config_path()
+    return load_train_config(path, argv)
+
+
+def final_report(config: TrainConfig, metrics: dict) -> str:
+    """Where the outputs went and the final held-out metrics, for the terminal."""
+    lines = [f"\nSAEs, metrics and config written to {(Path(config.output_dir) / 'final').resolve()}",
+             "Final held-out metrics:"]
+    for key, value in metrics.items():
+        lines.append(f"  {key:<45} {value:.6g}" if isinstance(value, float) else f"  {key:<45} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def train_main(argv: Optional[list] = None) -> int:
+    """`hf-e2e-sae train [CONFIG.yaml] [overrides]`."""
+    import sys
+
+    config = config_from_argv(sys.argv[1:] if argv is None else argv)
+    if config is None:
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_train_config(path, argv)
     metrics = train(config)
-    if PartialState().is_main_process and metrics:
-        final = Path(config.output_dir) / "final"
-        sys.stdout.write(f"\nSAEs, metrics and config written to {final.resolve()}\n")
-        for key, value in metrics.items():
-            sys.stdout.write(f"  {key:<45} {value:.6g}\n" if isinstance(value, float) else f"  {key:<45} {value}\n")
+    if metrics and PartialState().is_main_process:
+        sys.stdout.write(final_report(config, metrics))
     return 0
 
 
