@@ -26,7 +26,10 @@ def training_function(config: TrainConfig) -> dict:
 
 
 def main() -> None:
-    config = config_from_argv(sys.argv[1:], prog="accelerate launch examples/train.py")
+    try:
+        config = config_from_argv(sys.argv[1:], prog="accelerate launch examples/train.py")
+    except ValueError as error:  # ConfigError: names the field and the valid choices
+        sys.exit(f"examples/train.py: {error}")
     if config is None:  # --help was printed
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -234,8 +234,11 @@ def _unknown_key(cls: type, path: str, key: str, value: Any) -> ConfigError:
         (child, value), = value.items()
         suffix += f".{child}"
     names = [f.name for f in dataclasses.fields(cls) if f.init]
-    guesses = [_join(path, m) + suffix for m in difflib.get_close_matches(key, names, n=3)]
-    for dotted, *_ in _walk(cls):  # also look deeper: `coeff` -> `loss.sparsity.coeff`
+    valid = list(dict.fromkeys(dotted for dotted, *_ in _walk(cls)))  # walk order: stable suggestions
+    # A close name is only suggested if the rest of what the user wrote exists under it.
+    guesses = [_join(path, m) + suffix for m in difflib.get_close_matches(key, names, n=3)
+               if not suffix or (m + suffix) in valid]
+    for dotted in valid:  # also look deeper: `coeff` -> `loss.sparsity.coeff`
         if "." in dotted and difflib.get_close_matches(key, [dotted.rsplit(".", 1)[1]], cutoff=0.8):
             guesses.append(_join(path, dotted) + suffix)
     message = f"Unknown config key '{_join(path, key)}{suffix}'"

@@ -120,6 +120,10 @@ def setup_run(config: TrainConfig) -> _Run:
         project_dir=config.output_dir,
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
+    if config.push_to_hub:
+        from .hub import require_token
+
+        require_token(None)  # fail now, not after hours of training
     run = _Run(config, accelerator)
     run.optimizer = torch.optim.Adam(run.model.sae_parameters(), lr=config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
@@ -321,7 +325,13 @@ def train_main(argv: Optional[list] = None) -> int:
     """`hf-e2e-sae train [CONFIG.yaml] [overrides]`."""
     import sys
 
-    config = config_from_argv(sys.argv[1:] if argv is None else argv)
+    from .config_utils import ConfigError
+
+    try:
+        config = config_from_argv(sys.argv[1:] if argv is None else argv)
+    except (ConfigError, FileNotFoundError) as error:
+        sys.stderr.write(f"hf-e2e-sae train: {error}\n")
+        return 2
     if config is None:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
