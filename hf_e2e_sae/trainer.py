@@ -52,6 +52,12 @@ def lr_lambda(config: TrainConfig):
     return factor
 
 
+def _recorded_name(name_or_path: str) -> str:
+    """What the saved SAEs name as their base: a Hub id as given, a local folder as an absolute path
+    (so the artifact loads from any working directory)."""
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else name_or_path
+
+
 def build_patched_model(config: TrainConfig) -> tuple:
     """Load the frozen base model and tokenizer; create seeded SAEs at the configured sites."""
     base_cfg = config.base_model
@@ -67,7 +73,7 @@ def build_patched_model(config: TrainConfig) -> tuple:
         set_seed(config.seed + i)  # identical on every process
         saes[site] = SparseAutoencoder(SAEConfig(
             d_in=hidden_size(base.config), dict_size=config.dict_size, dict_size_ratio=config.dict_size_ratio,
-            activation=config.activation, site=site, base_model_name_or_path=base_cfg.name_or_path,
+            activation=config.activation, site=site, base_model_name_or_path=_recorded_name(base_cfg.name_or_path),
             base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal))
     return SAEPatchedModel(base, saes), tokenizer
 
