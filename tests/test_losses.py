@@ -78,3 +78,30 @@ def test_default_downstream_sites_are_the_later_resid_pres():
     assert default_downstream_sites(["blocks.6.resid_pre"], 12) == [f"blocks.{i}.resid_pre" for i in range(7, 12)]
     assert default_downstream_sites(["blocks.10.resid_pre"], 12) == ["blocks.11.resid_pre"]
     assert default_downstream_sites(["blocks.2.mlp_out"], 4) == ["blocks.3.resid_pre"]
+
+
+def _extra_saved_for_backward(fn, *inputs) -> list:
+    """Shapes of the tensors autograd keeps for the backward of `fn()` that are NOT storage of `inputs`."""
+    held = {t.untyped_storage().data_ptr() for t in inputs}
+    extra = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in held:
+            extra.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return extra
+
+
+def test_kl_keeps_no_extra_tokens_by_vocab_tensor_for_backward():
+    torch.manual_seed(0)
+    n, vocab = 64, 500
+    orig = torch.randn(2, n // 2, vocab)
+    sae = torch.randn(2, n // 2, vocab, requires_grad=True)
+    ours = _extra_saved_for_backward(lambda: kl_divergence(orig, sae, chunk_tokens=8), orig, sae)
+    assert ours == [(n,)]  # the per-token weights only; the logits are kept as views of the inputs
+    naive = _extra_saved_for_backward(lambda: F.kl_div(F.log_softmax(sae, -1), F.log_softmax(orig, -1),
+                                                       log_target=True, reduction="none").sum(-1).mean(), orig, sae)
+    assert sum(1 for shape in naive if shape[-1] == vocab) >= 2  # the usual formulation keeps new copies
