@@ -106,8 +106,18 @@ def _use_cpu_backend() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
 
 
+def _check_tracker(tracker: str) -> None:
+    """Accelerate silently drops a tracker whose package is missing; say so instead."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"none": True, "tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    if not available[tracker]:
+        raise ValueError(f"tracker={tracker!r} needs the {tracker} package: pip install {tracker}")
+
+
 def setup_run(config: TrainConfig) -> _Run:
     """Accelerator, model, data, optimizer and schedule; restores a checkpoint when asked."""
+    _check_tracker(config.tracker)
     cpu = _use_cpu_backend()
     world = PartialState(cpu=cpu).num_processes
     if config.effective_batch_size % (config.batch_size * world):
