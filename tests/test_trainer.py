@@ -327,3 +327,25 @@ def test_held_out_eval_does_not_overlap_training(make_config, tiny_assets, monke
     # Document-disjoint too: no training chunk contains tokens from before train_start.
     held_out_part = stream[:train_start]
     assert not {tuple(held_out_part[i:i + L]) for i in range(0, len(held_out_part) - L + 1)} & set(train_chunks)
+
+
+def test_tensorboard_tracker_receives_train_and_eval_metrics(make_config):
+    """`tracker: tensorboard` logs training and held-out metrics; a missing tracker package is an error."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    path, out = make_config("tb", tracker="tensorboard", n_samples=16, save_every_samples=None, log_every_steps=1)
+    trainer.train(load_train_config(path))
+    logdir = next(p.parent for p in out.rglob("events.out.tfevents.*"))
+    events = event_accumulator.EventAccumulator(str(logdir))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/kl", f"train/l0/{SITE}", "eval/ce_loss_increase", "eval/kl"} <= scalars
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+
+
+def test_missing_tracker_package_is_a_clear_error(make_config, monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    path, _ = make_config("wandb", tracker="wandb")
+    with pytest.raises(ValueError, match="pip install wandb"):
+        trainer.setup_run(load_train_config(path))
