@@ -95,7 +95,8 @@ def plot(rows: list, results: Path) -> None:
             pts = sorted((r[x_key], r["ce_loss_increase"]) for r in rows if r["type"] == kind)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
         ax.set_xlabel(label)
-        ax.set_ylabel("CE loss increase (nats/token)")
+        ax.set_yscale("log")  # the increase spans two orders of magnitude over a sweep
+        ax.set_ylabel("CE loss increase (nats/token, log scale)")
         ax.set_title(f"{x_key.upper() if x_key == 'l0' else 'Alive'} vs CE loss increase (held-out)")
         ax.grid(alpha=0.3)
         ax.legend()
