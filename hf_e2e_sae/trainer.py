@@ -202,7 +202,8 @@ def _track_alive(run: _Run, sae_outputs: dict, n_tokens: int) -> dict:
 
 def train_step(run: _Run, batches: list) -> dict:
     """One optimizer step over this process's micro-batches; returns step metrics."""
-    acc, config, sums = run.accelerator, run.config, {}
+    acc, config = run.accelerator, run.config
+    sums: dict = {}  # device tensors: one host sync per step, not one per term and micro-batch
     logs: dict = {}
     for batch in batches:
         input_ids = batch["input_ids"]
@@ -210,19 +211,20 @@ def train_step(run: _Run, batches: list) -> dict:
             total, terms, sae_outputs = micro_batch_loss(run, input_ids)
             acc.backward(total)
             if acc.sync_gradients and config.max_grad_norm is not None:
-                logs["train/grad_norm"] = float(acc.clip_grad_norm_(run.sae_parameters, config.max_grad_norm))
+                sums["grad_norm"] = acc.clip_grad_norm_(run.sae_parameters, config.max_grad_norm)
             run.optimizer.step()
             run.optimizer.zero_grad()
-        for name, value in {"loss": total.detach(), **terms}.items():
-            sums[name] = sums.get(name, 0.0) + float(value) / len(batches)
-        for site, out in sae_outputs.items():
-            l0 = float((out.latents.detach() > 0).sum(-1).float().mean())
-            sums[f"l0/{site}"] = sums.get(f"l0/{site}", 0.0) + l0 / len(batches)
+        step_terms = {"loss": total.detach(), **terms}
+        step_terms.update({f"l0/{site}": (out.latents.detach() > 0).sum(-1).float().mean()
+                           for site, out in sae_outputs.items()})
+        for name, value in step_terms.items():
+            sums[name] = sums.get(name, 0.0) + value.float() / len(batches)
         logs.update(_track_alive(run, sae_outputs, input_ids.numel()))
     run.scheduler.step()
     run.state.step += 1
     run.state.samples += config.effective_batch_size
-    logs.update({f"train/{k}": v for k, v in sums.items()})
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in sums.values()]).tolist()
+    logs.update({f"train/{k}": v for k, v in zip(sums, values)})
     logs["train/lr"] = run.scheduler.get_last_lr()[0]
     return logs
 

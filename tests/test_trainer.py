@@ -350,3 +350,25 @@ def test_missing_tracker_package_is_a_clear_error(make_config, monkeypatch):
     path, _ = make_config("wandb", tracker="wandb")
     with pytest.raises(ValueError, match="pip install wandb"):
         trainer.setup_run(load_train_config(path))
+
+
+def test_logged_step_metrics_match_the_step(make_config):
+    """train/grad_norm is the SAE gradient norm the optimizer stepped with; train/l0 the micro-batch mean."""
+    path, _ = make_config("metrics", n_samples=16, save_every_samples=None, max_grad_norm=1e6)
+    run = trainer.setup_run(load_train_config(path))
+    seen = []
+    step = run.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        if run.accelerator.sync_gradients:
+            seen.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in run.sae_parameters])).item())
+        return step(*args, **kwargs)
+
+    run.optimizer.step = recording_step
+    group = next(trainer._micro_batch_groups(run))
+    with torch.no_grad():
+        l0 = [(trainer.micro_batch_loss(run, b["input_ids"])[2][SITE].latents > 0).sum(-1).float().mean().item()
+              for b in group]
+    logs = trainer.train_step(run, group)
+    assert len(seen) == 1 and logs["train/grad_norm"] == pytest.approx(seen[0], rel=1e-5)
+    assert logs[f"train/l0/{SITE}"] == pytest.approx(sum(l0) / len(l0), rel=1e-5)
