@@ -27,7 +27,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from transformers.utils import CONFIG_NAME
 
 from .configuration_sae import SAE_FORMAT_VERSION
@@ -104,7 +104,23 @@ def _add_metadata(src: Path, dst: Path) -> None:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     metadata.setdefault("format", "pt")
     metadata.update(hf_e2e_sae_version=__version__, hf_e2e_sae_format_version=str(SAE_FORMAT_VERSION))
-    save_file(tensors, str(dst), metadata=metadata)
+    dst.write_bytes(_deterministic_safetensors(tensors, metadata))
+
+
+def _deterministic_safetensors(tensors: dict, metadata: dict) -> bytes:
+    """safetensors bytes with the metadata keys sorted.
+
+    safetensors writes `__metadata__` in hash-map order, which changes from one save to the next when there
+    are several keys. Sorting makes the same weights give the same bytes, so pushing unchanged SAEs again
+    creates no commit.
+    """
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # keep the tensor data 8-byte aligned, as safetensors does
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
 
 
 def _push_folder(

@@ -171,6 +171,8 @@ def test_revision_pinning_branches_and_base_revision(hub, hf_cache, hf_token, tm
     branch = model.push_to_hub(repo_id, revision="experiment")
     assert hub.head(repo_id) == v2 and hub.head(repo_id, "experiment") == branch.oid
     assert 'revision="experiment"' in hub.repo_files(repo_id, "experiment")["README.md"].decode()
+    with torch.no_grad():
+        model.sae(SITE).encoder.bias.add_(1.0)  # a PR needs a change: an identical push commits nothing
     pr = model.push_to_hub(repo_id, create_pr=True)
     assert pr.pr_url and hub.head(repo_id) == v2
 
@@ -361,3 +363,32 @@ def test_cli_push_of_a_trainer_run_dir(hub, hf_cache, hf_token, tmp_path, capsys
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["push", "--help"])
     assert exit_info.value.code == 0 and "--commit-message" in capsys.readouterr().out
+
+
+def test_pushing_unchanged_saes_again_is_a_no_op(hub, hf_cache, hf_token):
+    """Uploaded safetensors are byte-deterministic (sorted metadata), so a re-push creates no commit."""
+    model, _, _ = trained_model(hub)
+    repo_id = hub.unique_repo_id("idempotent")
+    model.push_to_hub(repo_id)
+    first = hub.repo_files(repo_id)["model.safetensors"]
+    n_commits = len(hub.commits(repo_id))
+    for _ in range(3):
+        model.push_to_hub(repo_id)
+        assert len(hub.commits(repo_id)) == n_commits
+    assert hub.repo_files(repo_id)["model.safetensors"] == first
+    with safe_open_bytes(first) as metadata:
+        assert list(metadata) == sorted(metadata) and metadata["format"] == "pt"
+
+
+class safe_open_bytes:
+    """The `__metadata__` of safetensors bytes, in file order."""
+
+    def __init__(self, data: bytes):
+        size = int.from_bytes(data[:8], "little")
+        self.metadata = json.loads(data[8:8 + size])["__metadata__"]
+
+    def __enter__(self):
+        return self.metadata
+
+    def __exit__(self, *exc):
+        return False
