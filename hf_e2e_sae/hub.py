@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import yaml
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCardData, get_token, try_to_load_from_cache
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
@@ -32,6 +32,7 @@ from transformers.utils import CONFIG_NAME
 
 from .configuration_sae import SAE_FORMAT_VERSION
 from .model_card import is_hub_id, render_card_from_configs, sae_manifest
+from .patched_model import cached_commit
 from .serialization import MANIFEST_NAME, _load_sae_config, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,10 @@ def _base_revision(manifest: Mapping, train_config: Mapping, token: str) -> Opti
     ref = ref or "main"
     if _SHA_RE.fullmatch(ref):
         return ref
-    cached = try_to_load_from_cache(name, CONFIG_NAME, revision=ref)
-    if isinstance(cached, str):
-        sha = Path(cached).parent.name  # .../snapshots/<sha>/config.json
-        if _SHA_RE.fullmatch(sha):
-            logger.info("Recording base model %s at revision %s (the cached %r).", name, sha, ref)
-            return sha
+    sha = cached_commit(name, ref)
+    if sha:
+        logger.info("Recording base model %s at revision %s (the cached %r).", name, sha, ref)
+        return sha
     try:
         sha = HfApi(token=token).model_info(name, revision=ref).sha
     except (HfHubHTTPError, OSError) as e:

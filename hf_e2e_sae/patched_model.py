@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional, Union
@@ -102,14 +103,19 @@ def _as_site_dict(saes: SAEsLike) -> dict:
     return result
 
 
+def cached_commit(name: str, revision: str = "main") -> Optional[str]:
+    """The commit sha the local Hub cache holds for repo `name` at `revision`, if it holds one."""
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    sha = Path(cached).parent.name if isinstance(cached, str) else None  # .../snapshots/<sha>/config.json
+    return sha if sha and re.fullmatch(r"[0-9a-f]{40}", sha) else None
+
+
 def _loaded_revision(config) -> Optional[str]:
     """Commit the base model was loaded at, if it came from the Hub cache (transformers 5 has no _commit_hash)."""
-    revision = getattr(config, "_commit_hash", None)
     name = getattr(config, "_name_or_path", None)
-    if revision or not name or os.path.isdir(name):
-        return revision
-    cached = try_to_load_from_cache(name, "config.json")
-    return Path(cached).parent.name if isinstance(cached, str) and "snapshots" in Path(cached).parts else None
+    if getattr(config, "_commit_hash", None) or not name or os.path.isdir(name):
+        return getattr(config, "_commit_hash", None)
+    return cached_commit(name)
 
 
 def validate_sae_configs(base_config, sae_configs: Mapping) -> None:

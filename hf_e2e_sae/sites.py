@@ -140,7 +140,3 @@ def resolve_site(model: nn.Module, site: Union[str, Site]) -> ResolvedSite:
         return ResolvedSite(block, "output")
     return ResolvedSite(block.get_submodule(getattr(spec, parsed.kind)), "output")
 
-
-def canonical_sites(sites: Optional[list]) -> list:
-    """Canonical spellings of a list of sites (aliases folded)."""
-    return [str(parse_site(s)) for s in sites or []]

@@ -58,11 +58,15 @@ def test_round_trip_loads_the_named_base_and_gives_identical_outputs(tmp_path, s
 def test_from_pretrained_with_a_given_base_model(tmp_path):
     base = tiny_model("gpt2")
     model = SAEPatchedModel(base, make_sae("blocks.1.resid_pre"))
+    expected = model(random_ids()).logits
     model.save_pretrained(tmp_path)
     model.unpatch()
+    clean = base(random_ids()).logits
     loaded = SAEPatchedModel.from_pretrained(tmp_path, base_model=base)
     assert loaded.base_model is base
-    torch.testing.assert_close(loaded(random_ids()).logits, model(random_ids()).logits)
+    patched = loaded(random_ids()).logits
+    torch.testing.assert_close(patched, expected, rtol=0, atol=0)
+    assert not torch.allclose(patched, clean)  # the SAE really is spliced in again
 
 
 def test_loading_checks_before_loading_base_weights(tmp_path, saved_base):
