@@ -2,10 +2,10 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 here = Path(__file__).parent
-version = re.search(r'__version__ = "([^"]+)"', (here / "hf_e2e_sae" / "__init__.py").read_text()).group(1)
+version = re.search(r'__version__ = "([^"]+)"', (here / "hf_e2e_sae" / "version.py").read_text()).group(1)
 
 setup(
     name="hf_e2e_sae",
@@ -15,10 +15,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["hf_e2e_sae", "hf_e2e_sae.model_cards"],
+    packages=find_packages(include=["hf_e2e_sae", "hf_e2e_sae.*"]) + ["hf_e2e_sae.model_cards"],
     # The model card template lives in the top-level model_cards/ folder and ships inside the package.
     package_dir={"hf_e2e_sae.model_cards": "model_cards"},
-    package_data={"hf_e2e_sae.model_cards": ["*.jinja", "*.md"]},
+    package_data={"hf_e2e_sae.model_cards": ["*.jinja", "*.md"],
+                  "hf_e2e_sae": ["assets/*.yaml", "assets/tiny_lm/*"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=4.56",

@@ -1,6 +1,6 @@
 """Pretrain the embedded default base model: a tiny GPT-2 on Shakespeare, offline, on CPU.
 
-Run (rewrites ``examples/tiny_lm/``; training is single-threaded by default so the result is
+Run (rewrites ``hf_e2e_sae/assets/tiny_lm/``; training is single-threaded by default so the result is
 bitwise reproducible: 600 steps at ~0.8 s/step, i.e. about 8-9 minutes on an idle 2-core CPU,
 ~14 minutes when the machine is shared; ``--threads 2`` is ~5.5 minutes on an idle machine)::
 
@@ -11,10 +11,10 @@ bitwise reproducible: 600 steps at ~0.8 s/step, i.e. about 8-9 minutes on an idl
 What it does, reproducibly (``--seed``):
 
 1. Loads the Shakespeare corpus with its fixed play-level split
-   (:func:`hf_e2e_sae.corpus.load_shakespeare_splits`; Cymbeline, Julius Caesar, Othello and The
+   (:func:`hf_e2e_sae.training.corpus.load_shakespeare_splits`; Cymbeline, Julius Caesar, Othello and The
    Tempest are held out and used only for evaluation).
 2. Trains a byte-level BPE tokenizer (4,096 tokens) on the *train* plays only. Why not the real
-   GPT-2 tokenizer (``--tokenizer gpt2``)? Measured here (details in examples/tiny_lm/README.md):
+   GPT-2 tokenizer (``--tokenizer gpt2``)? Measured here (details in hf_e2e_sae/assets/tiny_lm/README.md):
    its 50,257 x 128 embedding alone is 26 MB in fp32 (the shipped file must stay < 5 MB; ours is
    4.9 MB), a training step is ~6x slower on CPU because the LM head dominates, full-vocabulary
    KL (used by e2e SAE training) costs 12x more, and it saves only ~9% of tokens on this text
@@ -46,8 +46,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_e2e_sae.corpus import load_shakespeare_splits, split_play_files, train_bpe_tokenizer
-from hf_e2e_sae.tiny_lm import (
+from hf_e2e_sae.training.corpus import load_shakespeare_splits, split_play_files, train_bpe_tokenizer
+from hf_e2e_sae.training.tiny_lm import (
     TINY_LM_DIR,
     count_chars,
     gpt2_tokenizer_offline,
@@ -189,9 +189,9 @@ def training_function(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags; the defaults build the shipped ``examples/tiny_lm``."""
+    """Command-line flags; the defaults build the shipped ``hf_e2e_sae/assets/tiny_lm``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output-dir", default=str(TINY_LM_DIR), help="where to save (default: examples/tiny_lm)")
+    p.add_argument("--output-dir", default=str(TINY_LM_DIR), help="where to save (default: hf_e2e_sae/assets/tiny_lm)")
     p.add_argument("--tokenizer", choices=["bpe", "gpt2"], default="bpe",
                    help="bpe: byte-level BPE trained on the train plays; gpt2: the real 50,257-token GPT-2 one")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")

@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from hf_e2e_sae.train_config import load_train_config
-from hf_e2e_sae.trainer import train
+from hf_e2e_sae.training.config import load_train_config
+from hf_e2e_sae.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SWEEP = REPO / "examples" / "configs" / "sweep-tiny.yaml"

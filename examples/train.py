@@ -16,8 +16,8 @@ import sys
 
 from accelerate import PartialState
 
-from hf_e2e_sae.train_config import TrainConfig
-from hf_e2e_sae.trainer import config_from_argv, final_report, train
+from hf_e2e_sae.training.config import TrainConfig
+from hf_e2e_sae.training.trainer import config_from_argv, final_report, train
 
 
 def training_function(config: TrainConfig) -> dict:

@@ -1,22 +1,20 @@
 """hf_e2e_sae: end-to-end sparse dictionary learning for Hugging Face causal LMs.
 
 Importing the package registers `SAEConfig` / `SparseAutoencoder` with transformers' `AutoConfig`
-and `AutoModel` under the model type "hf_e2e_sae" (no `trust_remote_code` needed).
+and `AutoModel` under the model type "hf_e2e_sae" (no `trust_remote_code` needed), and connects the
+Hub layer (`hf_e2e_sae.hub`) to the models. The layers, bottom to top: `sae`, `patching`,
+`evaluation`, `training`, `hub`, `interop`, `cli` (see docs/ARCHITECTURE.md).
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from transformers import AutoConfig, AutoModel
 
-from .activations import ACTIVATIONS, register_activation
-from .configuration_sae import SAEConfig
 from .evaluation import evaluate
-from .hub import push_run_to_hub
-from .losses import LossConfig, compute_losses, kl_divergence, mse_loss, sparsity_loss
-from .model_card import render_model_card
-from .modeling_sae import SAEOutput, SparseAutoencoder
-from .patched_model import SAEPatchedModel, SAEPatchedOutput, SiteOutput
-from .sites import ARCHITECTURES, ArchitectureSpec, Site, parse_site, register_architecture
+from .hub import push_run_to_hub, render_model_card
+from .patching import ARCHITECTURES, ArchitectureSpec, SAEPatchedModel, SAEPatchedOutput, SiteOutput, register_architecture
+from .sae import ACTIVATIONS, SAEConfig, SAEOutput, Site, SparseAutoencoder, parse_site, register_activation
+from .training.losses import LossConfig, compute_losses, kl_divergence, mse_loss, sparsity_loss
 
 AutoConfig.register(SAEConfig.model_type, SAEConfig, exist_ok=True)
 AutoModel.register(SAEConfig, SparseAutoencoder, exist_ok=True)

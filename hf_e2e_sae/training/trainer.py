@@ -25,15 +25,17 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .checkpointing import TrainerState, keep_only_sae_weights, resolve_resume, save_checkpoint, union_fired
-from .config_utils import save_yaml, to_dict
-from .configuration_sae import SAEConfig
+from .arguments import save_yaml, to_dict
+from ..sae.config import SAEConfig
+from ..sae.hub_interface import hub_function
 from .data import build_datasets, create_dataloader, skip_samples
-from .evaluation import evaluate
+from ..evaluation.metrics import evaluate
 from .losses import compute_losses, default_downstream_sites
-from .modeling_sae import SparseAutoencoder
-from .patched_model import SAEPatchedModel
-from .sites import check_site, hidden_size, num_blocks
-from .train_config import TrainConfig
+from ..sae.model import SparseAutoencoder
+from ..patching.base_models import ASSETS_DIR, portable_base_name, resolve_base_model
+from ..patching.patched_model import SAEPatchedModel
+from ..patching.architectures import check_site, hidden_size, num_blocks
+from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +54,12 @@ def lr_lambda(config: TrainConfig):
     return factor
 
 
-def _recorded_name(name_or_path: str) -> str:
-    """What the saved SAEs name as their base: a Hub id as given, a local folder as an absolute path
-    (so the artifact loads from any working directory)."""
-    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else name_or_path
-
-
 def build_patched_model(config: TrainConfig) -> tuple:
     """Load the frozen base model and tokenizer; create seeded SAEs at the configured sites."""
     base_cfg = config.base_model
-    tokenizer = AutoTokenizer.from_pretrained(base_cfg.name_or_path, revision=base_cfg.revision)
-    base = AutoModelForCausalLM.from_pretrained(
-        base_cfg.name_or_path, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype))
+    where = resolve_base_model(base_cfg.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(where, revision=base_cfg.revision)
+    base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype))
     for site in config.sites:
         check_site(base.config, site)  # a clear error before any SAE is built
     for site in config.loss.downstream.sites:
@@ -73,7 +69,7 @@ def build_patched_model(config: TrainConfig) -> tuple:
         set_seed(config.seed + i)  # identical on every process
         saes[site] = SparseAutoencoder(SAEConfig(
             d_in=hidden_size(base.config), dict_size=config.dict_size, dict_size_ratio=config.dict_size_ratio,
-            activation=config.activation, site=site, base_model_name_or_path=_recorded_name(base_cfg.name_or_path),
+            activation=config.activation, site=site, base_model_name_or_path=portable_base_name(base_cfg.name_or_path),
             base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal))
     return SAEPatchedModel(base, saes), tokenizer
 
@@ -137,9 +133,7 @@ def setup_run(config: TrainConfig) -> _Run:
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
     if config.push_to_hub:
-        from .hub import require_token
-
-        require_token(None)  # fail now, not after hours of training
+        hub_function("require_token")(None)  # fail now, not after hours of training
     run = _Run(config, accelerator)
     run.optimizer = torch.optim.Adam(run.model.sae_parameters(), lr=config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
@@ -305,9 +299,7 @@ def write_final(run: _Run, metrics: dict) -> Path:
                    "num_processes": run.accelerator.num_processes}
         (final / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if run.config.push_to_hub:
-            from .hub import push_run_to_hub
-
-            push_run_to_hub(final, run.config.hub_repo_id, private=run.config.hub_private)
+            hub_function("push_run_to_hub")(final, run.config.hub_repo_id, private=run.config.hub_private)
     run.accelerator.wait_for_everyone()
     return final
 
@@ -319,8 +311,8 @@ def config_from_argv(argv: list, prog: str = "hf-e2e-sae train") -> Optional[Tra
     """
     import sys
 
-    from .config_utils import format_help, is_help_requested
-    from .train_config import load_train_config
+    from .arguments import format_help, is_help_requested
+    from .config import load_train_config
 
     argv = list(argv)
     if is_help_requested(argv):
@@ -343,7 +335,7 @@ def train_main(argv: Optional[list] = None) -> int:
     """`hf-e2e-sae train [CONFIG.yaml] [overrides]`."""
     import sys
 
-    from .config_utils import ConfigError
+    from .arguments import ConfigError
 
     try:
         config = config_from_argv(sys.argv[1:] if argv is None else argv)
@@ -360,8 +352,5 @@ def train_main(argv: Optional[list] = None) -> int:
 
 
 def default_config_path() -> Path:
-    """The no-argument run: examples/configs/tiny-e2e.yaml of a source checkout."""
-    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "tiny-e2e.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"No CONFIG given and the default {path} does not exist (it ships with a source checkout).")
-    return path
+    """The no-argument run: the offline demo config that ships in the package (= examples/configs/tiny-e2e.yaml)."""
+    return ASSETS_DIR / "tiny-e2e.yaml"

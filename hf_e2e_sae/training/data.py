@@ -39,7 +39,7 @@ TrainData = Union[Dataset, IterableDataset]
 
 
 def _load_builtin_shakespeare() -> DatasetDict:
-    from hf_e2e_sae.corpus import load_shakespeare_splits
+    from .corpus import load_shakespeare_splits
 
     return load_shakespeare_splits()
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .sites import Site, num_blocks, parse_site
+from ..sae.sites import Site, parse_site
+from ..patching.architectures import num_blocks
 
 
 def downstream_eval_sites(sae_sites: list, n_blocks: int) -> list:

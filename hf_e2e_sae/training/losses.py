@@ -192,7 +192,7 @@ def compute_losses(
 
 def default_downstream_sites(sae_sites: list, n_blocks: int) -> list:
     """The paper's downstream sites: resid_pre of every block after the last SAE site."""
-    from .sites import Site, parse_site
+    from ..sae.sites import Site, parse_site
 
     last = max(parse_site(s).position for s in sae_sites)
     return [str(Site(j, "resid_pre")) for j in range(n_blocks) if Site(j, "resid_pre").position > last]

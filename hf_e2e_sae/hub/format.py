@@ -20,9 +20,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import CONFIG_NAME, cached_file
 
-from .configuration_sae import SAE_FORMAT_VERSION, SAEConfig
-from .modeling_sae import SparseAutoencoder
-from .patched_model import validate_sae_configs
+from ..sae.config import SAE_FORMAT_VERSION, SAEConfig
+from ..sae.model import SparseAutoencoder
+from ..patching.base_models import config_hash, resolve_base_model
+from ..patching.patched_model import validate_sae_configs
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ MANIFEST_NAME = "hf_e2e_sae.json"
 
 def build_manifest(model) -> dict:
     """The manifest for a patched model: which SAEs where, trained on which base model."""
-    from . import __version__
+    from ..version import __version__
 
     first = model.sae(model.sites[0]).config
     single = len(model.sites) == 1
@@ -54,6 +55,14 @@ def save_patched_model(model, save_directory, **kwargs: Any) -> None:
         model.sae(site).save_pretrained(save_directory / subfolder, **kwargs)
     (save_directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("Saved %d SAE(s) to %s", len(manifest["saes"]), save_directory)
+
+
+def _warn_if_other_base(path: str, base_config, configs: dict) -> None:
+    """A `base_model=` whose config differs from the one the SAEs recorded is probably not their base."""
+    recorded = {c.base_model_config_hash for c in configs.values()} - {None}
+    if recorded and config_hash(base_config) not in recorded:
+        logger.warning("%s: the given base_model's config differs from the one these SAEs were trained on "
+                       "(config hash %s, recorded %s).", path, config_hash(base_config), sorted(recorded))
 
 
 def _hub_kwargs(revision, token, cache_dir, local_files_only) -> dict:
@@ -143,8 +152,8 @@ def load_patched_model(
 
     Args:
         pretrained_model_name_or_path: local directory or Hub repo id written by `save_pretrained`.
-        base_model: an already loaded causal LM to patch; by default the one the manifest names is
-            loaded at the recorded revision.
+        base_model: an already loaded causal LM to patch, or the Hub id / folder of one to load; by default
+            the one the manifest names is loaded at the recorded revision.
         revision, token, cache_dir, local_files_only: for the SAE repo (token is reused for the base).
         dtype: dtype of the base model when it is loaded here.
         base_model_kwargs: extra kwargs for `AutoModelForCausalLM.from_pretrained` (e.g. device_map).
@@ -156,11 +165,13 @@ def load_patched_model(
     manifest = read_manifest(path, subfolder=subfolder, **hub_kwargs)
     folders = {site: _join(subfolder, sub) for site, sub in manifest["saes"].items()}
     configs = {site: _load_sae_config(path, folder, site, **hub_kwargs) for site, folder in folders.items()}
-    if base_model is None:
-        name = manifest.get("base_model_name_or_path")
+    if base_model is None or isinstance(base_model, (str, os.PathLike)):
+        name = str(base_model) if base_model is not None else manifest.get("base_model_name_or_path")
         if not name:
             raise ValueError(f"{path}: the SAEs do not name their base model; pass `base_model=`.")
-        base_hub = {"revision": manifest.get("base_model_revision"), "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        name = resolve_base_model(name)  # built-in names -> their folder; local:... -> error
+        recorded_revision = manifest.get("base_model_revision") if base_model is None else None
+        base_hub = {"revision": recorded_revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
         try:
             base_config = AutoConfig.from_pretrained(name, **base_hub)
         except OSError as e:
@@ -169,12 +180,15 @@ def load_patched_model(
                 f"were trained on; pass `base_model=` to patch a model you loaded yourself. Cause: {e}"
             ) from e
         validate_sae_configs(base_config, configs)  # fail before loading any weights
+        if base_model is not None:
+            _warn_if_other_base(path, base_config, configs)
         extra = dict(base_model_kwargs or {})
         if dtype is not None:
             extra["dtype"] = dtype
         base_model = AutoModelForCausalLM.from_pretrained(name, config=base_config, **base_hub, **extra)
     else:
         validate_sae_configs(base_model.config, configs)
+        _warn_if_other_base(path, base_model.config, configs)
 
     saes = {
         site: SparseAutoencoder.from_pretrained(path, subfolder=folder, config=configs[site], **hub_kwargs)

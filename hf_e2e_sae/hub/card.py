@@ -75,8 +75,8 @@ def _fmt(value: Any) -> str:
 
 def sae_manifest(config) -> dict:
     """The `hf_e2e_sae.json` manifest of a single SAE saved at the top level of a folder."""
-    from . import __version__
-    from .configuration_sae import SAE_FORMAT_VERSION
+    from ..version import __version__
+    from ..sae.config import SAE_FORMAT_VERSION
 
     return {
         "format_version": SAE_FORMAT_VERSION, "library_name": "hf_e2e_sae", "library_version": __version__,
@@ -87,10 +87,10 @@ def sae_manifest(config) -> dict:
 
 def _describe(source: Any) -> tuple:
     """`(manifest, {site: SAEConfig})` of a patched model, one SAE, or a saved folder / Hub repo."""
-    from .modeling_sae import SparseAutoencoder
-    from .patched_model import SAEPatchedModel
-    from .configuration_sae import SAEConfig
-    from .serialization import build_manifest, read_manifest
+    from ..sae.model import SparseAutoencoder
+    from ..patching.patched_model import SAEPatchedModel
+    from ..sae.config import SAEConfig
+    from .format import build_manifest, read_manifest
 
     if isinstance(source, SAEPatchedModel):
         return build_manifest(source), {site: source.sae(site).config for site in source.sites}
@@ -103,7 +103,7 @@ def _describe(source: Any) -> tuple:
 
 
 def _loss_section(train_config: Mapping) -> Optional[dict]:
-    from .losses import LOSS_PRESETS
+    from ..training.losses import LOSS_PRESETS
 
     loss = train_config.get("loss")
     if not isinstance(loss, Mapping) or not loss.get("preset"):
@@ -205,7 +205,7 @@ def render_card_from_configs(
     title: Optional[str] = None,
 ) -> ModelCard:
     """[`render_model_card`] from a manifest dict and `{site: SAEConfig}` (what a saved folder holds)."""
-    from . import __version__
+    from ..version import __version__
 
     metrics, train_config, train_summary = dict(metrics or {}), dict(train_config or {}), dict(train_summary or {})
     base = manifest.get("base_model_name_or_path")

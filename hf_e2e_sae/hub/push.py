@@ -30,10 +30,11 @@ from safetensors import safe_open
 from safetensors.torch import save
 from transformers.utils import CONFIG_NAME
 
-from .configuration_sae import SAE_FORMAT_VERSION
-from .model_card import is_hub_id, render_card_from_configs, sae_manifest
-from .patched_model import cached_commit
-from .serialization import MANIFEST_NAME, _load_sae_config, read_manifest
+from ..sae.config import SAE_FORMAT_VERSION
+from .card import is_hub_id, render_card_from_configs, sae_manifest
+from ..patching.base_models import is_local_only
+from ..patching.patched_model import cached_commit
+from .format import MANIFEST_NAME, _load_sae_config, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _base_revision(manifest: Mapping, train_config: Mapping, token: str) -> Opti
 
 def _add_metadata(src: Path, dst: Path) -> None:
     """Copy a safetensors file, adding `hf_e2e_sae_version` / `hf_e2e_sae_format_version` to its metadata."""
-    from . import __version__
+    from ..version import __version__
 
     with safe_open(str(src), framework="pt") as f:
         metadata = dict(f.metadata() or {})
@@ -147,6 +148,10 @@ def _push_folder(
         manifest = sae_manifest(_load_sae_config(str(folder), "", "the SAE"))
     configs = {site: _load_sae_config(str(folder), sub, site) for site, sub in manifest["saes"].items()}
     base_name = manifest.get("base_model_name_or_path")
+    if is_local_only(base_name):
+        logger.warning("The SAEs' base model %r is a local model: people loading %s will have to pass `base_model=` "
+                       "themselves. Train on a Hub model (or set base_model_name_or_path) to make it loadable.",
+                       base_name, repo_id)
     pinned = _base_revision(manifest, train_config, token)
 
     with tempfile.TemporaryDirectory(prefix="hf_e2e_sae_push_") as staging:
@@ -180,7 +185,7 @@ def _push_folder(
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != "main" and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        from . import __version__
+        from ..version import __version__
 
         info = api.create_commit(
             repo_id,
@@ -233,7 +238,7 @@ def push_to_hub(
     Returns:
         [`huggingface_hub.CommitInfo`]: `.commit_url`, `.oid` (the commit sha), `.pr_url`.
     """
-    from .modeling_sae import SparseAutoencoder
+    from ..sae.model import SparseAutoencoder
 
     token = require_token(token)
     validate_repo_id(repo_id)

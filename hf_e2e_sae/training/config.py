@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from .config_utils import ConfigError, load_config
+from .arguments import ConfigError, load_config
 from .data import DataConfig
 from .losses import LossConfig
-from .sites import parse_site
+from ..sae.sites import parse_site
 
 @dataclass
 class BaseModelConfig:

@@ -1,10 +1,9 @@
 """Helpers for the embedded default base model, a tiny GPT-2 pretrained on Shakespeare.
 
-The model lives in the repository as an *example asset* at ``examples/tiny_lm`` (config.json,
-model.safetensors, tokenizer files, metrics.json); it is built by
-``examples/pretrain_tiny_lm.py`` and described in ``examples/tiny_lm/README.md``. It is not part
-of the installed package: :func:`default_base_model_path` resolves it relative to a source
-checkout (``pip install -e .``), and ``from_pretrained`` loads it offline.
+The model ships inside the package at ``hf_e2e_sae/assets/tiny_lm`` (config.json, model.safetensors,
+tokenizer files, metrics.json; 5 MB), so the offline demo runs from any directory. Configs name it
+``builtin:tiny-shakespeare-gpt2`` (see `hf_e2e_sae.patching.base_models`). It is built by
+``examples/pretrain_tiny_lm.py`` and described in ``hf_e2e_sae/assets/tiny_lm/README.md``.
 
 Also here: the evaluation measures used for it (held-out cross-entropy and the add-one-smoothed
 unigram baseline) and an offline loader for the real 50,257-token GPT-2 tokenizer.
@@ -23,32 +22,28 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from hf_e2e_sae.corpus import pack_token_ids
+from ..patching.base_models import TINY_LM_DIR
+from .corpus import pack_token_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT: Path = Path(__file__).resolve().parents[1]
-TINY_LM_DIR: Path = REPO_ROOT / "examples" / "tiny_lm"
-
 
 def default_base_model_path(must_exist: bool = True) -> Path:
-    """Return the folder of the embedded tiny Shakespeare GPT-2 (``<repo>/examples/tiny_lm``).
+    """Return the folder of the embedded tiny Shakespeare GPT-2 (``hf_e2e_sae/assets/tiny_lm``).
 
-    It is an example asset of the source checkout, loadable with
+    Loadable with
     ``AutoModelForCausalLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)``.
 
     Raises:
-        FileNotFoundError: if ``must_exist`` and the folder has no ``config.json`` (e.g. the
-            package was installed from a wheel, without the repository's ``examples/``).
+        FileNotFoundError: if ``must_exist`` and the folder has no ``config.json``.
     """
     if must_exist and not (TINY_LM_DIR / "config.json").is_file():
         raise FileNotFoundError(
-            f"The default tiny base model was not found at {TINY_LM_DIR}. It is an example asset "
-            "of the source repository: use a checkout (`pip install -e .`) or rebuild it with "
-            "`python examples/pretrain_tiny_lm.py`."
+            f"The embedded tiny base model is missing from {TINY_LM_DIR}; reinstall hf_e2e_sae or rebuild it "
+            "with `python examples/pretrain_tiny_lm.py`."
         )
     return TINY_LM_DIR
 

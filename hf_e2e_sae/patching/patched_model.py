@@ -27,9 +27,12 @@ from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .base_models import config_hash, portable_base_name
 from .hooks import add_hook
-from .modeling_sae import SparseAutoencoder
-from .sites import check_site, hidden_size, parse_site, resolve_site
+from ..sae.hub_interface import hub_function
+from ..sae.model import SparseAutoencoder
+from ..sae.sites import parse_site
+from .architectures import check_site, hidden_size, resolve_site
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +166,10 @@ class SAEPatchedModel(nn.Module):
         revision = _loaded_revision(self.base_model.config)
         for sae in self.saes.values():
             if sae.config.base_model_name_or_path is None:
-                sae.config.base_model_name_or_path = name
+                sae.config.base_model_name_or_path = portable_base_name(name) if name else None
                 sae.config.base_model_revision = sae.config.base_model_revision or revision
+            if sae.config.base_model_config_hash is None:
+                sae.config.base_model_config_hash = config_hash(self.base_model.config)
 
     def sae(self, site: str) -> SparseAutoencoder:
         """The SAE at `site` (any accepted spelling)."""
@@ -285,26 +290,20 @@ class SAEPatchedModel(nn.Module):
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Write only the SAEs (safetensors + config each, one subfolder per site when several)."""
-        from .serialization import save_patched_model
-
-        save_patched_model(self, save_directory, **kwargs)
+        hub_function("save_patched_model")(self, save_directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload the SAEs (no base weights), manifest and a README.md model card to the Hub in one commit.
 
-        See [`hf_e2e_sae.hub.push_to_hub`] for the arguments (`private`, `token`, `revision`, `commit_message`,
+        See [`hf_e2e_sae.hub.push.push_to_hub`] for the arguments (`private`, `token`, `revision`, `commit_message`,
         `card_data`, `metrics`, `train_config`, ...). Returns the `huggingface_hub.CommitInfo`.
         """
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        return hub_function("push_to_hub")(self, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, base_model: Optional[nn.Module] = None, **kwargs):
         """Load SAEs from a directory or Hub repo and patch `base_model` or the base model they name.
 
-        See [`hf_e2e_sae.serialization.load_patched_model`] for the keyword arguments.
+        See [`hf_e2e_sae.hub.format.load_patched_model`] for the keyword arguments.
         """
-        from .serialization import load_patched_model
-
-        return load_patched_model(cls, pretrained_model_name_or_path, base_model=base_model, **kwargs)
+        return hub_function("load_patched_model")(cls, pretrained_model_name_or_path, base_model=base_model, **kwargs)

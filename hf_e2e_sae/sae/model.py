@@ -19,7 +19,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .activations import build_activation
-from .configuration_sae import SAEConfig
+from .config import SAEConfig
+from .hub_interface import hub_function
 
 
 @dataclass
@@ -85,9 +86,7 @@ class SparseAutoencoder(PreTrainedModel):
         """Upload this SAE (safetensors + config + manifest) and a README.md model card in one commit.
 
         Replaces transformers' `PushToHubMixin.push_to_hub`, which would overwrite the card. See
-        [`hf_e2e_sae.hub.push_to_hub`] for the arguments (`private`, `token`, `revision`, `commit_message`,
+        [`hf_e2e_sae.hub.push.push_to_hub`] for the arguments (`private`, `token`, `revision`, `commit_message`,
         `card_data`, `metrics`, `train_config`, ...). Returns the `huggingface_hub.CommitInfo`.
         """
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        return hub_function("push_to_hub")(self, repo_id, **kwargs)
