@@ -1,23 +1,23 @@
 """Train end-to-end sparse autoencoders with Accelerate.
 
-Run from the repository root:
+Run from anywhere (the offline demo's model and config ship in the package):
 
-    accelerate launch examples/train.py                          # offline demo: e2e SAE on the tiny Shakespeare GPT-2
-    accelerate launch examples/train.py examples/configs/gpt2-l6-e2e-similar-ce.yaml   # the paper's GPT-2 layer-6 e2e run
+    accelerate launch --config_file examples/accelerate/single.yaml examples/train.py   # offline demo
+    accelerate launch --config_file examples/accelerate/single.yaml examples/train.py \\
+        examples/configs/gpt2-l6-e2e-similar-ce.yaml                        # the paper's GPT-2 layer-6 e2e run
     accelerate launch examples/train.py CONFIG.yaml --loss.sparsity.coeff 3 lr=1e-3   # overrides, dotted keys
-    accelerate launch --multi_gpu --num_processes 2 examples/train.py CONFIG.yaml      # 2 processes (gloo on CPU)
+    accelerate launch --config_file examples/accelerate/cpu_2proc.yaml examples/train.py CONFIG.yaml  # 2 processes
     accelerate launch examples/train.py CONFIG.yaml --resume_from_checkpoint latest
-    python examples/train.py --help                              # every field, with its meaning
+    python examples/train.py --help                              # every field, with its meaning and default
 
-Same as the console command `hf-e2e-sae train [CONFIG.yaml] [overrides]`.
+Same as the console command `hf-e2e-sae train [CONFIG.yaml] [overrides]`: a config mistake is one line on stderr
+and exit code 2 (printed by every process under `accelerate launch`).
 """
-import logging
 import sys
 
-from accelerate import PartialState
-
+from hf_e2e_sae.cli import run_train
 from hf_e2e_sae.training.config import TrainConfig
-from hf_e2e_sae.training.trainer import config_from_argv, final_report, train
+from hf_e2e_sae.training.trainer import train
 
 
 def training_function(config: TrainConfig) -> dict:
@@ -25,18 +25,9 @@ def training_function(config: TrainConfig) -> dict:
     return train(config)
 
 
-def main() -> None:
-    try:
-        config = config_from_argv(sys.argv[1:], prog="accelerate launch examples/train.py")
-    except ValueError as error:  # ConfigError: names the field and the valid choices
-        sys.exit(f"examples/train.py: {error}")
-    if config is None:  # --help was printed
-        return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    metrics = training_function(config)
-    if metrics and PartialState().is_main_process:
-        print(final_report(config, metrics))
+def main() -> int:
+    return run_train(sys.argv[1:], prog="examples/train.py", train=training_function)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -291,7 +291,7 @@ def test_push_without_token_sends_nothing(hub, hf_cache, monkeypatch, tmp_path):
     model.save_pretrained(tmp_path / "run")
     with pytest.raises(ValueError, match="hf auth login"):
         push_run_to_hub(tmp_path / "run", repo_id)
-    assert cli_main(["push", str(tmp_path / "run"), repo_id]) == 1
+    assert cli_main(["push", str(tmp_path / "run"), repo_id]) == 2  # a user mistake: exit 2
     assert len(hub.requests) == n_requests and not hub.repo_exists(repo_id)
 
 

@@ -157,7 +157,8 @@ def test_presets_train(preset, make_config, tiny_assets):
     else:
         assert terms == ({"sparsity", "kl"} if preset == "e2e" else {"sparsity", "kl", "downstream"})
         n_micro = sum(len(g) for g in groups) + 1  # + the fixed batch after training
-        assert calls["lm_head"] == 2 * n_micro  # clean pass + SAE pass per micro-batch
+        assert calls["lm_head"] == 0  # the KL is fused with the unembedding: no logits are ever made
+        assert calls["after_site"] == 2 * n_micro * (N_LAYER - 1)  # blocks from the SAE's on: both passes
     if preset == "e2e+ds":
         assert run.downstream_sites == [f"blocks.{b}.resid_pre" for b in range(2, N_LAYER)]
     assert set(before_terms) == terms

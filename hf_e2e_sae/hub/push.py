@@ -12,12 +12,10 @@ Loading needs nothing from here: `SAEPatchedModel.from_pretrained("org/repo")` r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -301,32 +299,3 @@ def push_run_to_hub(
         card_data=None, license=license, extra_files=tuple(present.values()),
     )
     return info.commit_url
-
-
-def push_main(argv: Optional[list] = None) -> int:
-    """`hf-e2e-sae push OUTPUT_DIR REPO_ID [--private] [--token T] [--revision R] [--commit-message M]`."""
-    parser = argparse.ArgumentParser(
-        prog="hf-e2e-sae push",
-        description="Publish trained SAEs (a trainer output folder, its final/ folder, or any save_pretrained "
-                    "folder) to the Hugging Face Hub in one commit, with a model card.",
-    )
-    parser.add_argument("output_dir", help="trainer output folder (containing final/) or the saved folder itself")
-    parser.add_argument("repo_id", help="target repo, e.g. your-name/gpt2-e2e-layer6 (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--token", default=None, help="Hub write token (default: `hf auth login` / HF_TOKEN)")
-    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
-    parser.add_argument("--commit-message", default=None, help="commit message")
-    parser.add_argument("--license", default="mit", help="license in the model card (default: mit)")
-    args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        url = push_run_to_hub(
-            args.output_dir, args.repo_id, private=args.private, token=args.token,
-            commit_message=args.commit_message, revision=args.revision, license=args.license,
-        )
-    except (ValueError, OSError, HfHubHTTPError) as e:
-        sys.stderr.write(f"hf-e2e-sae push: error: {e}\n")
-        return 1
-    sys.stdout.write(url + "\n")
-    return 0

@@ -71,7 +71,7 @@ class SAEPatchedOutput(ModelOutput):
     cached_activations: Optional[dict] = None
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised by a hook to end a forward pass once every needed activation is recorded."""
 
 
@@ -243,7 +243,7 @@ class SAEPatchedModel(nn.Module):
         try:
             out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
             loss, logits = out.loss, out.logits
-        except _StopForward:
+        except StopForward:
             loss = logits = None
         finally:
             self._records = None
@@ -265,7 +265,7 @@ class SAEPatchedModel(nn.Module):
         resolved = resolve_site(self.base_model, last)
 
         def stop(_x: torch.Tensor) -> None:
-            raise _StopForward
+            raise StopForward
 
         return add_hook(resolved.module, resolved.rewrite, stop)  # added last, so it runs after the others
 

@@ -8,30 +8,30 @@ of 1,024 tokens. `examples/configs/` holds ready-made runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from .arguments import ConfigError, load_config
+from pydantic import Field, model_validator
+
+from ..sae.sites import parse_site
+from .arguments import ConfigError, ConfigModel, load_config
 from .data import DataConfig
 from .losses import LossConfig
-from ..sae.sites import parse_site
 
-@dataclass
-class BaseModelConfig:
+
+class BaseModelConfig(ConfigModel):
     name_or_path: str = "gpt2"
-    """Hub id or local path of the causal LM to train SAEs on."""
+    """Hub id, local folder, or built-in name (builtin:tiny-shakespeare-gpt2) of the causal LM to train SAEs on."""
     revision: Optional[str] = None
     """Branch, tag or commit of the base model (recorded in the SAE configs)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the frozen base model is loaded in (SAEs are kept in float32)."""
 
 
-@dataclass
-class TrainConfig:
-    base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
+class TrainConfig(ConfigModel):
+    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
     """The frozen model the SAEs are spliced into."""
-    sites: list[str] = field(default_factory=lambda: ["blocks.6.resid_pre"])
+    sites: list[str] = Field(default_factory=lambda: ["blocks.6.resid_pre"])
     """SAE sites, e.g. blocks.6.resid_pre (several train together)."""
     dict_size_ratio: float = 60.0
     """Dictionary size as a multiple of the base model's hidden size (paper: 60)."""
@@ -41,9 +41,9 @@ class TrainConfig:
     """Latent activation (see hf_e2e_sae.activations)."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
     """Loss preset and coefficients."""
-    data: DataConfig = field(default_factory=lambda: DataConfig(
+    data: DataConfig = Field(default_factory=lambda: DataConfig(
         path="apollo-research/Skylion007-openwebtext-tokenizer-gpt2", streaming=True, context_length=1024,
         n_eval_samples=500))
     """Training and held-out evaluation data."""
@@ -94,33 +94,10 @@ class TrainConfig:
     hub_private: bool = False
     """Create the Hub repo as private."""
 
-    def __post_init__(self) -> None:
-        if not self.sites:
-            raise ValueError("sites must list at least one site")
-        canonical = [str(parse_site(s)) for s in self.sites]  # raises naming the bad site
-        if len(set(canonical)) != len(canonical):
-            raise ValueError(f"sites lists a site twice: {self.sites}")
-        _check_positive(self, "batch_size", "effective_batch_size", "lr", "alive_window_tokens", "log_every_steps",
-                        "keep_checkpoints")
-        if self.effective_batch_size % self.batch_size:
-            raise ValueError(f"batch_size={self.batch_size} must divide effective_batch_size={self.effective_batch_size}")
-        if (self.n_samples is None) == (self.n_tokens is None):
-            raise ValueError("give exactly one of n_samples and n_tokens (set the other to null)")
-        if not 0 <= self.min_lr_factor <= 1:
-            raise ValueError(f"min_lr_factor must be in [0, 1], got {self.min_lr_factor}")
-        if self.warmup_samples < 0:
-            raise ValueError(f"warmup_samples must be >= 0, got {self.warmup_samples}")
-        if self.total_samples < self.effective_batch_size:
-            raise ValueError(f"the run is shorter than one optimizer step ({self.total_samples} samples)")
-        last_sae = max(parse_site(s).position for s in self.sites)
-        for site in self.loss.downstream.sites:
-            if parse_site(site).position <= last_sae:
-                raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
-        if self.push_to_hub and not self.hub_repo_id:
-            raise ValueError("push_to_hub is true but hub_repo_id is not set")
-        if self.resume_from_checkpoint is not None and self.resume_from_checkpoint != "latest" \
-                and not Path(self.resume_from_checkpoint).is_dir():
-            raise ValueError(f"resume_from_checkpoint={self.resume_from_checkpoint!r}: not 'latest' nor a directory")
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        check_train_config(self)
+        return self
 
     @property
     def total_samples(self) -> int:
@@ -131,6 +108,36 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.total_samples // self.effective_batch_size
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Cross-field checks that need no base model and no data (those are in `training.preflight`)."""
+    if not config.sites:
+        raise ValueError("sites must list at least one site")
+    canonical = [str(parse_site(s)) for s in config.sites]  # raises naming the bad site
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(f"sites lists a site twice: {config.sites}")
+    _check_positive(config, "batch_size", "effective_batch_size", "lr", "alive_window_tokens", "log_every_steps",
+                    "keep_checkpoints")
+    if config.effective_batch_size % config.batch_size:
+        raise ValueError(f"batch_size={config.batch_size} must divide effective_batch_size={config.effective_batch_size}")
+    if (config.n_samples is None) == (config.n_tokens is None):
+        raise ValueError("give exactly one of n_samples and n_tokens (set the other to null)")
+    if not 0 <= config.min_lr_factor <= 1:
+        raise ValueError(f"min_lr_factor must be in [0, 1], got {config.min_lr_factor}")
+    if config.warmup_samples < 0:
+        raise ValueError(f"warmup_samples must be >= 0, got {config.warmup_samples}")
+    if config.total_samples < config.effective_batch_size:
+        raise ValueError(f"the run is shorter than one optimizer step ({config.total_samples} samples)")
+    last_sae = max(parse_site(s).position for s in config.sites)
+    for site in config.loss.downstream.sites:
+        if parse_site(site).position <= last_sae:
+            raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
+    if config.push_to_hub and not config.hub_repo_id:
+        raise ValueError("push_to_hub is true but hub_repo_id is not set")
+    if config.resume_from_checkpoint is not None and config.resume_from_checkpoint != "latest" \
+            and not Path(config.resume_from_checkpoint).is_dir():
+        raise ValueError(f"resume_from_checkpoint={config.resume_from_checkpoint!r}: not 'latest' nor a directory")
 
 
 def _check_positive(config: TrainConfig, *names: str) -> None:

@@ -19,8 +19,6 @@ processes, yields exactly the remaining tail. Iterate it in order (`create_datal
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -31,7 +29,11 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, IterableDataset, Sequence, Value
 from datasets.fingerprint import Hasher
+from pydantic import Field, model_validator
 from torch.utils.data import DataLoader
+
+from .arguments import ConfigModel
+from .local_data import is_saved_dataset, local_source
 
 logger = logging.getLogger(__name__)
 
@@ -48,67 +50,53 @@ BUILTIN_DATASETS: dict[str, Callable[[], DatasetDict]] = {"builtin:shakespeare":
 """Built-in corpora: name -> zero-argument loader of a `DatasetDict` with a text column."""
 
 
-@dataclass
-class DataConfig:
+class DataConfig(ConfigModel):
     """Where the training/eval text comes from and how it is turned into fixed-length token chunks."""
 
-    path: str = "builtin:shakespeare"
-    """Hub dataset name, builder ("text", "json", "parquet", "csv"), `save_to_disk` directory, or "builtin:<name>"."""
+    path: str = Field("builtin:shakespeare", min_length=1)
+    """Hub dataset name, builder ("text", "json", "parquet", "csv"), a local data file or folder, a `save_to_disk`
+    directory, or "builtin:<name>"."""
     name: Optional[str] = None
     """Dataset configuration name (passed to `datasets.load_dataset`)."""
     data_files: Optional[Union[str, list[str], dict[str, Union[str, list[str]]]]] = None
     """Data files for a builder path: a path, a list of paths, or a dict split -> path(s)."""
-    split: str = "train"
+    split: str = Field("train", min_length=1)
     """Split used for training (slices such as "train[:10%]" work for map-style data)."""
     eval_split: Optional[str] = None
     """Separate held-out split for evaluation; if None the first `n_eval_samples` chunks of `split` are held out."""
-    n_eval_samples: int = 500
+    n_eval_samples: int = Field(500, ge=1)
     """Number of evaluation samples (chunks of `context_length` tokens)."""
-    text_column: str = "text"
+    text_column: str = Field("text", min_length=1)
     """Column holding raw text."""
-    tokenized_column: str = "input_ids"
+    tokenized_column: str = Field("input_ids", min_length=1)
     """Column holding token ids; if present it is used as is (one row = one sample, truncated to context_length)."""
     streaming: bool = False
     """Stream the dataset instead of preparing it on disk (training data is then an IterableDataset)."""
-    context_length: int = 1024
+    context_length: int = Field(1024, ge=2)
     """Tokens per sample."""
     shuffle: bool = True
     """Shuffle the training samples (seeded, deterministic). Eval data is never shuffled."""
     shuffle_seed: Optional[int] = None
     """Seed of the data order; None uses the seed given to `build_datasets` (the run seed)."""
-    shuffle_buffer_size: int = 10_000
+    shuffle_buffer_size: int = Field(10_000, ge=1)
     """Shuffle buffer size (in samples) when streaming."""
-    num_proc: Optional[int] = None
+    num_proc: Optional[int] = Field(None, ge=1)
     """Processes for loading, tokenizing and packing map-style data (ignored when streaming)."""
-    map_batch_size: int = 1000
+    map_batch_size: int = Field(1000, ge=1)
     """Rows per `datasets.map` batch / tokenizer call."""
-    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    load_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for `datasets.load_dataset` (e.g. {"sample_by": "document"} for "text")."""
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"DataConfig.{name}={getattr(self, name)!r} is invalid: {msg}")
-
-        for name in ("path", "split", "text_column", "tokenized_column"):
-            need(isinstance(getattr(self, name), str) and getattr(self, name) != "", name, "must be a non-empty string")
-        if self.path.startswith("builtin:"):
-            need(self.path in BUILTIN_DATASETS, "path", f"unknown builtin dataset; choices: {sorted(BUILTIN_DATASETS)}")
-        files = self.data_files
-        files = list(files.values()) if isinstance(files, dict) else [files]
-        need(all(f is None or isinstance(f, str) or (isinstance(f, list) and all(isinstance(x, str) for x in f))
-                 for f in files), "data_files", "must be None, a path, a list of paths or a dict split -> path(s)")
-        need(self.text_column != self.tokenized_column, "tokenized_column", "must differ from text_column")
-        need(self.eval_split is None or (isinstance(self.eval_split, str) and self.eval_split != self.split),
-             "eval_split", f"must be None (hold out part of split {self.split!r}) or a different split name")
-        for name, low in (("n_eval_samples", 1), ("context_length", 2), ("shuffle_buffer_size", 1),
-                          ("map_batch_size", 1)):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= low, name, f"must be an integer >= {low}")
-        need(self.num_proc is None or (isinstance(self.num_proc, int) and self.num_proc >= 1), "num_proc",
-             "must be None or >= 1")
-        need(self.shuffle_seed is None or isinstance(self.shuffle_seed, int), "shuffle_seed", "must be None or an int")
-        need(isinstance(self.load_kwargs, dict), "load_kwargs", "must be a dict")
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.path.startswith("builtin:") and self.path not in BUILTIN_DATASETS:
+            raise ValueError(f"data.path={self.path!r} is unknown; choices: {sorted(BUILTIN_DATASETS)}")
+        if self.text_column == self.tokenized_column:
+            raise ValueError(f"data.tokenized_column={self.tokenized_column!r} must differ from text_column")
+        if self.eval_split is not None and self.eval_split == self.split:
+            raise ValueError(f"data.eval_split={self.eval_split!r} must be None (hold out part of split "
+                             f"{self.split!r}) or a different split name")
+        return self
 
 
 def chunk_features(context_length: int) -> Features:
@@ -129,10 +117,11 @@ def tokenize_texts(texts: list[Optional[str]], tokenizer: Any) -> list[list[int]
 
 def _load_splits(config: DataConfig) -> tuple[TrainData, Optional[TrainData]]:
     names = [config.split] + ([config.eval_split] if config.eval_split else [])
-    path = config.path
-    saved = os.path.isdir(path) and (os.path.isfile(os.path.join(path, "dataset_dict.json")) or all(
-        os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "state.json")))
-    if path.startswith("builtin:") or saved:
+    path, data_files = config.path, config.data_files
+    local = local_source(path)  # a local .txt/.json(l)/.parquet/.csv file or folder -> its builder and files
+    if local is not None:
+        path, data_files = local
+    if path.startswith("builtin:") or is_saved_dataset(path):
         if path.startswith("builtin:") and path not in BUILTIN_DATASETS:
             raise ValueError(f"unknown builtin dataset {path!r}; choices: {sorted(BUILTIN_DATASETS)}")
         obj = BUILTIN_DATASETS[path]() if path.startswith("builtin:") else datasets.load_from_disk(path)
@@ -147,7 +136,7 @@ def _load_splits(config: DataConfig) -> tuple[TrainData, Optional[TrainData]]:
         splits = [s.to_iterable_dataset() for s in splits] if config.streaming else splits
     else:
         extra = dict(config.load_kwargs) if config.streaming else {"num_proc": config.num_proc, **config.load_kwargs}
-        splits = [datasets.load_dataset(path, config.name, data_files=config.data_files, split=s,
+        splits = [datasets.load_dataset(path, config.name, data_files=data_files, split=s,
                                         streaming=config.streaming, **extra) for s in names]
     return splits[0], (splits[1] if len(splits) > 1 else None)
 

@@ -7,11 +7,13 @@ beyond the two logits tensors and the gradient itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, Field, model_validator
+
+from .arguments import ConfigModel
 
 # preset -> default coefficients (sparsity: the paper's layer-6 "similar CE" lambdas, Table 2)
 LOSS_PRESETS: dict = {
@@ -21,63 +23,73 @@ LOSS_PRESETS: dict = {
 }
 
 
-@dataclass
-class SparsityLossConfig:
+class SparsityLossConfig(ConfigModel):
     coeff: Optional[float] = None
     """Sparsity coefficient (the paper's lambda); default from the preset."""
     p: float = 1.0
     """The p of the Lp norm of the latents (paper: 1)."""
 
 
-@dataclass
-class CoeffConfig:
+class CoeffConfig(ConfigModel):
     coeff: Optional[float] = None
     """Coefficient of this term; default from the preset."""
 
 
-@dataclass
-class KLLossConfig:
+class KLLossConfig(ConfigModel):
     coeff: Optional[float] = None
     """Coefficient of KL(P_orig || P_sae); default from the preset."""
-    chunk_tokens: int = 1024
-    """Tokens per chunk of the KL computation (memory: chunk_tokens x vocab floats)."""
+    chunk_tokens: int = 128
+    """Tokens per chunk of the KL computation (memory: about 3 x chunk_tokens x vocab floats)."""
 
 
-@dataclass
-class DownstreamLossConfig:
+class DownstreamLossConfig(ConfigModel):
     coeff: Optional[float] = None
     """Total coefficient of the downstream MSE, split evenly over the sites; default from the preset."""
-    sites: list[str] = field(default_factory=list)
+    sites: list[str] = Field(default_factory=list)
     """Later sites to reconstruct; empty = the resid_pre of every block after the last SAE (paper)."""
 
 
-@dataclass
-class LossConfig:
+_TERMS = ("sparsity", "reconstruction", "kl", "downstream")
+
+
+class LossConfig(ConfigModel):
     preset: Literal["local", "e2e", "e2e+ds"] = "e2e"
     """One of local, e2e, e2e+ds; fills every coefficient that is not given."""
-    sparsity: SparsityLossConfig = field(default_factory=SparsityLossConfig)
+    sparsity: SparsityLossConfig = Field(default_factory=SparsityLossConfig)
     """Sparsity term: mean over tokens of ||c||_p / d_in."""
-    reconstruction: CoeffConfig = field(default_factory=CoeffConfig)
+    reconstruction: CoeffConfig = Field(default_factory=CoeffConfig)
     """Local reconstruction term: MSE(x_hat, x) at each SAE site."""
-    kl: KLLossConfig = field(default_factory=KLLossConfig)
+    kl: KLLossConfig = Field(default_factory=KLLossConfig)
     """KL(P_orig || P_sae) of next-token distributions."""
-    downstream: DownstreamLossConfig = field(default_factory=DownstreamLossConfig)
+    downstream: DownstreamLossConfig = Field(default_factory=DownstreamLossConfig)
     """e2e+ds term: MSE of later activations between the SAE run and the original run."""
 
-    def __post_init__(self) -> None:
-        if self.preset not in LOSS_PRESETS:
-            raise ValueError(f"loss.preset={self.preset!r} is unknown; valid choices: {sorted(LOSS_PRESETS)}")
-        defaults = LOSS_PRESETS[self.preset]
-        for name in ("sparsity", "reconstruction", "kl", "downstream"):
-            term = getattr(self, name)
-            if term.coeff is None:
-                term.coeff = defaults[name]  # resolved once, at construction
-            if term.coeff < 0:
-                raise ValueError(f"loss.{name}.coeff must be >= 0, got {term.coeff}")
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_coefficients_from_preset(cls, data: Any) -> Any:
+        """Coefficients not given take the preset's values, once, before validation (the model is frozen)."""
+        if not isinstance(data, dict) or data.get("preset", "e2e") not in LOSS_PRESETS:
+            return data  # an unknown preset is reported by the Literal check
+        defaults = LOSS_PRESETS[data.get("preset", "e2e")]
+        data = dict(data)
+        for name in _TERMS:
+            term = data.get(name) or {}
+            term = term.model_dump() if isinstance(term, BaseModel) else dict(term) if isinstance(term, dict) else term
+            if isinstance(term, dict) and term.get("coeff") is None:
+                term["coeff"] = defaults[name]
+            data[name] = term
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "LossConfig":
+        for name in _TERMS:
+            if getattr(self, name).coeff < 0:
+                raise ValueError(f"loss.{name}.coeff must be >= 0, got {getattr(self, name).coeff}")
         if self.sparsity.p <= 0:
             raise ValueError(f"loss.sparsity.p must be > 0, got {self.sparsity.p}")
         if self.kl.chunk_tokens <= 0:
             raise ValueError(f"loss.kl.chunk_tokens must be > 0, got {self.kl.chunk_tokens}")
+        return self
 
     @property
     def needs_logits(self) -> bool:
@@ -85,7 +97,7 @@ class LossConfig:
         return self.kl.coeff > 0 or self.downstream.coeff > 0
 
 
-def _token_weights(mask: Optional[torch.Tensor], shape: torch.Size, device) -> torch.Tensor:
+def token_weights(mask: Optional[torch.Tensor], shape: torch.Size, device) -> torch.Tensor:
     """Flat per-token weights summing to 1 over unmasked tokens."""
     weights = torch.ones(shape, device=device) if mask is None else mask.to(device=device, dtype=torch.float32)
     weights = weights.reshape(-1)
@@ -94,14 +106,17 @@ def _token_weights(mask: Optional[torch.Tensor], shape: torch.Size, device) -> t
 
 def sparsity_loss(latents: torch.Tensor, p: float, d_in: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean over tokens of ||c||_p / d_in. latents: (batch, seq, dict_size)."""
-    norms = torch.linalg.vector_norm(latents.float(), ord=p, dim=-1).reshape(-1)  # (tokens,)
-    return (norms * _token_weights(mask, latents.shape[:-1], latents.device)).sum() / d_in
+    if p == 1:  # the paper's L1: a plain sum, cheaper than linalg.vector_norm
+        norms = latents.float().abs().sum(dim=-1).reshape(-1)  # (tokens,)
+    else:
+        norms = torch.linalg.vector_norm(latents.float(), ord=p, dim=-1).reshape(-1)
+    return (norms * token_weights(mask, latents.shape[:-1], latents.device)).sum() / d_in
 
 
 def mse_loss(prediction: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean over unmasked tokens and all elements of (prediction - target)^2."""
     per_token = (prediction.float() - target.float()).pow(2).mean(dim=-1).reshape(-1)
-    return (per_token * _token_weights(mask, prediction.shape[:-1], prediction.device)).sum()
+    return (per_token * token_weights(mask, prediction.shape[:-1], prediction.device)).sum()
 
 
 class _ChunkedKL(torch.autograd.Function):
@@ -146,7 +161,7 @@ def kl_divergence(
     if orig_logits.shape != sae_logits.shape:
         raise ValueError(f"logits shapes differ: {tuple(orig_logits.shape)} vs {tuple(sae_logits.shape)}")
     vocab = sae_logits.shape[-1]
-    weights = _token_weights(mask, sae_logits.shape[:-1], sae_logits.device)
+    weights = token_weights(mask, sae_logits.shape[:-1], sae_logits.device)
     return _ChunkedKL.apply(
         sae_logits.reshape(-1, vocab), orig_logits.detach().reshape(-1, vocab), weights, chunk_tokens
     )
@@ -161,12 +176,14 @@ def compute_losses(
     sae_downstream: Optional[Mapping] = None,
     orig_downstream: Optional[Mapping] = None,
     mask: Optional[torch.Tensor] = None,
+    kl_term: Optional[torch.Tensor] = None,
 ) -> tuple:
     """Weighted total loss and its unweighted terms.
 
     Args:
         sae_outputs: {site: SiteOutput} from the patched forward.
-        sae_logits, orig_logits: needed when `config.kl.coeff > 0`.
+        sae_logits, orig_logits: needed when `config.kl.coeff > 0` and `kl_term` is not given.
+        kl_term: the KL computed elsewhere (the fused unembedding + KL of the fast step).
         sae_downstream, orig_downstream: {site: activation} when `config.downstream.coeff > 0`.
     Returns:
         `(total, terms)` where terms maps "sparsity", "reconstruction", "kl", "downstream" to
@@ -181,7 +198,8 @@ def compute_losses(
         terms["reconstruction"] = sum(mse_loss(o.reconstruction, o.input, mask) for o in sae_outputs.values())
         total = total + config.reconstruction.coeff * terms["reconstruction"]
     if config.kl.coeff > 0:
-        terms["kl"] = kl_divergence(orig_logits, sae_logits, mask, config.kl.chunk_tokens)
+        terms["kl"] = kl_term if kl_term is not None else kl_divergence(orig_logits, sae_logits, mask,
+                                                                          config.kl.chunk_tokens)
         total = total + config.kl.coeff * terms["kl"]
     if config.downstream.coeff > 0:
         per_site = [mse_loss(sae_downstream[s], orig_downstream[s], mask) for s in orig_downstream]

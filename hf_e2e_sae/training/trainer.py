@@ -30,12 +30,14 @@ from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
 from .data import build_datasets, create_dataloader, skip_samples
 from ..evaluation.metrics import evaluate
-from .losses import compute_losses, default_downstream_sites
+from .losses import default_downstream_sites
 from ..sae.model import SparseAutoencoder
-from ..patching.base_models import ASSETS_DIR, portable_base_name, resolve_base_model
+from ..patching.base_models import portable_base_name, resolve_base_model
 from ..patching.patched_model import SAEPatchedModel
-from ..patching.architectures import check_site, hidden_size, num_blocks
+from ..patching.architectures import hidden_size, num_blocks
 from .config import TrainConfig
+from .preflight import preflight
+from .step import micro_batch_loss as fast_micro_batch_loss
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +62,6 @@ def build_patched_model(config: TrainConfig) -> tuple:
     where = resolve_base_model(base_cfg.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(where, revision=base_cfg.revision)
     base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype))
-    for site in config.sites:
-        check_site(base.config, site)  # a clear error before any SAE is built
-    for site in config.loss.downstream.sites:
-        check_site(base.config, site)
     saes = {}
     for i, site in enumerate(config.sites):
         set_seed(config.seed + i)  # identical on every process
@@ -87,6 +85,16 @@ class _Run:
             self.model.sites, num_blocks(self.model.config))) if loss.downstream.coeff > 0 else []
         self.state = TrainerState(self.model.sites)
         self.start_time = time.time()
+
+
+def make_optimizer(parameters, lr: float) -> torch.optim.Optimizer:
+    """Adam (default betas, no weight decay), fused into one kernel where the device supports it: the default
+    per-parameter loop cost 0.29 s/step against 0.05 s fused for a 60x SAE at d_model 512 on 2 CPU cores."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(parameters, lr=lr)
 
 
 def _use_cpu_backend() -> bool:
@@ -116,9 +124,7 @@ def setup_run(config: TrainConfig) -> _Run:
     _check_tracker(config.tracker)
     cpu = _use_cpu_backend()
     world = PartialState(cpu=cpu).num_processes
-    if config.effective_batch_size % (config.batch_size * world):
-        raise ValueError(f"effective_batch_size={config.effective_batch_size} is not a multiple of "
-                         f"batch_size={config.batch_size} x {world} processes")
+    preflight(config, world)  # base model config, sites, data files, batch sizes: before any weights load
     # sync_with_dataloader=False: `_micro_batch_groups` reads a whole group before training on it, so the
     # prepared loader already reports end_of_dataloader during the last group; with the default (True) every
     # micro-batch of that group became its own optimizer step. Groups are always full, so counting suffices.
@@ -135,7 +141,7 @@ def setup_run(config: TrainConfig) -> _Run:
     if config.push_to_hub:
         hub_function("require_token")(None)  # fail now, not after hours of training
     run = _Run(config, accelerator)
-    run.optimizer = torch.optim.Adam(run.model.sae_parameters(), lr=config.lr)
+    run.optimizer = make_optimizer(run.model.sae_parameters(), config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
     train_ds, eval_ds = build_datasets(config.data, run.tokenizer, config.total_samples, config.seed)
     run.sae_parameters = list(run.model.sae_parameters())
@@ -165,25 +171,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def micro_batch_loss(run: _Run, input_ids: torch.Tensor) -> tuple:
-    """Loss of one micro-batch (batch, seq) and its terms; e2e runs need a clean pass first."""
-    loss_config = run.config.loss
+    """Loss of one micro-batch (batch, seq), its terms and the SAE outputs (the fast path, `training.step`)."""
     raw = run.accelerator.unwrap_model(run.model)
-    orig_logits = orig_downstream = None
-    if loss_config.needs_logits:
-        with torch.no_grad(), raw.saes_disabled():
-            clean = raw(input_ids, cache_sites=run.downstream_sites)
-        orig_logits, orig_downstream = clean.logits, clean.cached_activations
-    out = run.model(input_ids=input_ids, cache_sites=run.downstream_sites, stop_early=not loss_config.needs_logits)
-    total, terms = compute_losses(loss_config, out.sae_outputs, run.d_in, out.logits, orig_logits,
-                                  out.cached_activations, orig_downstream)
-    return total, terms, out.sae_outputs
+    return fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss, run.downstream_sites, run.d_in)
 
 
-def _track_alive(run: _Run, sae_outputs: dict, n_tokens: int) -> dict:
-    """OR the fired elements into the current window; report and reset when it is full."""
+def _track_alive(run: _Run, active: dict, n_tokens: int) -> dict:
+    """OR the fired elements (`active`: {site: (batch, seq, dict_size) bool}) into the current window; report and
+    reset when it is full."""
     state, logs = run.state, {}
-    for site, out in sae_outputs.items():
-        fired = (out.latents.detach() > 0).reshape(-1, out.latents.shape[-1]).any(0)
+    for site, is_active in active.items():
+        fired = is_active.reshape(-1, is_active.shape[-1]).any(0)
         state.fired[site] = fired if state.fired[site] is None else state.fired[site].to(fired.device) | fired
     state.window_tokens += n_tokens * run.accelerator.num_processes
     if state.window_tokens >= run.config.alive_window_tokens:
@@ -208,12 +206,12 @@ def train_step(run: _Run, batches: list) -> dict:
                 sums["grad_norm"] = acc.clip_grad_norm_(run.sae_parameters, config.max_grad_norm)
             run.optimizer.step()
             run.optimizer.zero_grad()
+        active = {site: out.latents.detach() > 0 for site, out in sae_outputs.items()}  # once, for L0 and alive
         step_terms = {"loss": total.detach(), **terms}
-        step_terms.update({f"l0/{site}": (out.latents.detach() > 0).sum(-1).float().mean()
-                           for site, out in sae_outputs.items()})
+        step_terms.update({f"l0/{site}": is_active.sum(-1).float().mean() for site, is_active in active.items()})
         for name, value in step_terms.items():
             sums[name] = sums.get(name, 0.0) + value.float() / len(batches)
-        logs.update(_track_alive(run, sae_outputs, input_ids.numel()))
+        logs.update(_track_alive(run, active, input_ids.numel()))
     run.scheduler.step()
     run.state.step += 1
     run.state.samples += config.effective_batch_size
@@ -302,55 +300,3 @@ def write_final(run: _Run, metrics: dict) -> Path:
             hub_function("push_run_to_hub")(final, run.config.hub_repo_id, private=run.config.hub_private)
     run.accelerator.wait_for_everyone()
     return final
-
-
-def config_from_argv(argv: list, prog: str = "hf-e2e-sae train") -> Optional[TrainConfig]:
-    """`[CONFIG.yaml] [overrides]` -> TrainConfig; prints the field help and returns None for --help.
-
-    Without CONFIG, the offline tiny-Shakespeare e2e run (examples/configs/tiny-e2e.yaml) is used.
-    """
-    import sys
-
-    from .arguments import format_help, is_help_requested
-    from .config import load_train_config
-
-    argv = list(argv)
-    if is_help_requested(argv):
-        sys.stdout.write(format_help(TrainConfig, f"{prog} [CONFIG.yaml]") + "\n")
-        return None
-    path = argv.pop(0) if argv and not argv[0].startswith("-") and "=" not in argv[0] else default_config_path()
-    return load_train_config(path, argv)
-
-
-def final_report(config: TrainConfig, metrics: dict) -> str:
-    """Where the outputs went and the final held-out metrics, for the terminal."""
-    lines = [f"\nSAEs, metrics and config written to {(Path(config.output_dir) / 'final').resolve()}",
-             "Final held-out metrics:"]
-    for key, value in metrics.items():
-        lines.append(f"  {key:<45} {value:.6g}" if isinstance(value, float) else f"  {key:<45} {value}")
-    return "\n".join(lines) + "\n"
-
-
-def train_main(argv: Optional[list] = None) -> int:
-    """`hf-e2e-sae train [CONFIG.yaml] [overrides]`."""
-    import sys
-
-    from .arguments import ConfigError
-
-    try:
-        config = config_from_argv(sys.argv[1:] if argv is None else argv)
-    except (ConfigError, FileNotFoundError) as error:
-        sys.stderr.write(f"hf-e2e-sae train: {error}\n")
-        return 2
-    if config is None:
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    metrics = train(config)
-    if metrics and PartialState().is_main_process:
-        sys.stdout.write(final_report(config, metrics))
-    return 0
-
-
-def default_config_path() -> Path:
-    """The no-argument run: the offline demo config that ships in the package (= examples/configs/tiny-e2e.yaml)."""
-    return ASSETS_DIR / "tiny-e2e.yaml"

@@ -1,0 +1,60 @@
+"""Checks that need the world outside the config (the base model's config, the data files, the process count),
+run before any weights or data load, so that a user mistake costs seconds and reads as one line.
+
+    preflight(config, world_size)   # raises ConfigError naming the field or file
+"""
+from __future__ import annotations
+
+import os
+
+from transformers import AutoConfig
+
+from ..patching.architectures import check_site
+from ..patching.base_models import resolve_base_model
+from .arguments import ConfigError
+from .config import TrainConfig
+from .local_data import check_local_files, local_source
+
+
+def _base_model_config(config: TrainConfig):
+    name = config.base_model.name_or_path
+    try:
+        where = resolve_base_model(name)
+    except ValueError as e:
+        raise ConfigError(f"base_model.name_or_path: {e}") from None
+    if where.startswith(("./", "../", "/", "~")) and not os.path.isdir(os.path.expanduser(where)):
+        raise ConfigError(f"base_model.name_or_path: {name} does not exist")
+    try:
+        return AutoConfig.from_pretrained(where, revision=config.base_model.revision)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"base_model.name_or_path: cannot load the config of {name!r}: {first}") from None
+
+
+def check_sites(config: TrainConfig, base_config) -> None:
+    """Every SAE and downstream site exists in the base model (architecture registered, block in range)."""
+    for field, sites in (("sites", config.sites), ("loss.downstream.sites", config.loss.downstream.sites)):
+        for site in sites:
+            try:
+                check_site(base_config, site)
+            except ValueError as e:
+                raise ConfigError(f"{field}: {e}") from None
+
+
+def check_batch_sizes(config: TrainConfig, world_size: int) -> None:
+    if config.effective_batch_size % (config.batch_size * world_size):
+        raise ConfigError(f"effective_batch_size={config.effective_batch_size} is not a multiple of "
+                          f"batch_size={config.batch_size} x {world_size} processes")
+
+
+def check_data(config: TrainConfig) -> None:
+    local = local_source(config.data.path)
+    if local is not None:
+        check_local_files(*local, config.data.text_column, config.data.tokenized_column)
+
+
+def preflight(config: TrainConfig, world_size: int = 1) -> None:
+    """All checks of a training run that need more than the config itself; raises `ConfigError`."""
+    check_batch_sizes(config, world_size)
+    check_data(config)
+    check_sites(config, _base_model_config(config))
