@@ -1,0 +1,70 @@
+"""KL(P_orig || P_sae) fused with the unembedding: logits are made chunk by chunk, never tokens x vocab at once.
+
+    kl = fused_unembed_kl(h_sae, h_orig, lm_head.weight, lm_head.bias, weights, chunk_tokens)
+
+`h_sae`, `h_orig` (tokens, d_model) are the inputs of the LM head (after the final norm) in the SAE run and the
+clean run. For each chunk of tokens this computes both chunks of logits, the per-token KL, and at once the
+gradient w.r.t. `h_sae` (as Liger-Kernel's fused linear cross-entropy does): d KL / d h = ((q - p) * w_t) @ W.
+So the forward holds one chunk of logits at a time, the autograd graph keeps only a (tokens, d_model) gradient,
+and the backward is a scaling: no logits are recomputed and the target's softmax is taken once.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    # float32 logits: the softmaxes of a bf16 base model are still taken in full precision
+    return F.linear(h, weight, bias).float()
+
+
+class _FusedUnembedKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_sae, h_orig, weight, bias, weights, chunk_tokens):
+        # h_sae, h_orig: (N, d); weight: (V, d); bias: (V,) or None; weights: (N,) summing to 1
+        total = torch.zeros((), device=h_sae.device, dtype=torch.float32)
+        grad_h = torch.empty_like(h_sae) if ctx.needs_input_grad[0] else None
+        for start in range(0, h_sae.shape[0], chunk_tokens):
+            end = start + chunk_tokens
+            z_q = _chunk_logits(h_sae[start:end], weight, bias)  # (chunk, V)
+            z_p = _chunk_logits(h_orig[start:end], weight, bias)
+            lse_q, lse_p = torch.logsumexp(z_q, -1), torch.logsumexp(z_p, -1)  # (chunk,)
+            p = torch.exp(z_p - lse_p[:, None])
+            # KL_t = sum_v p (log p - log q) = sum_v p (z_p - z_q) - lse_p + lse_q: few passes over (chunk, V)
+            diff = z_p.sub_(z_q)
+            kl = torch.bmm(p[:, None, :], diff[:, :, None]).reshape(-1) - lse_p + lse_q
+            total += (kl * weights[start:end]).sum()
+            if grad_h is not None:
+                dlogits = z_q.sub_(lse_q[:, None]).exp_().sub_(p).mul_(weights[start:end, None])  # (q - p) w_t
+                grad_h[start:end] = (dlogits.to(weight.dtype) @ weight).to(grad_h.dtype)
+        ctx.save_for_backward(grad_h)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad_h,) = ctx.saved_tensors
+        return grad_h * grad_output.to(grad_h.dtype), None, None, None, None, None
+
+
+def fused_unembed_kl(
+    h_sae: torch.Tensor,
+    h_orig: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    weights: torch.Tensor,
+    chunk_tokens: int = 1024,
+) -> torch.Tensor:
+    """sum_t weights_t KL(softmax(W h_orig,t + b) || softmax(W h_sae,t + b)); gradient only w.r.t. `h_sae`.
+
+    Args:
+        h_sae (`(N, d)`): LM-head inputs of the run with the SAEs spliced in.
+        h_orig (`(N, d)`): LM-head inputs of the clean run (the fixed target; no gradient).
+        weight (`(V, d)`), bias (`(V,)` or None): the LM head (frozen; no gradient).
+        weights (`(N,)`): per-token weights (e.g. 1 / n_unmasked for unmasked tokens, 0 for padding).
+        chunk_tokens: tokens per chunk; memory is about 3 x chunk_tokens x V floats.
+    """
+    return _FusedUnembedKL.apply(h_sae, h_orig.detach(), weight.detach(),
+                                 None if bias is None else bias.detach(), weights, chunk_tokens)

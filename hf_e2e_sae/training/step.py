@@ -1,0 +1,69 @@
+"""The loss of one micro-batch: the fast path the trainer uses, and the plain reference path it is tested against.
+
+Reference (`reference_micro_batch_loss`), straight from the paper:
+    clean pass under no_grad (SAEs disabled) -> logits (+ downstream activations)
+    SAE pass -> logits, latents, reconstructions -> compute_losses (chunked KL on logits)
+
+Fast (`micro_batch_loss`), the same loss and gradients (tests/test_fast_step.py checks 1e-5 relative):
+    clean pass under no_grad, recording the output of the last block before the first SAE site and the
+        LM head's input (the pass stops there: no clean logits are made)
+    SAE pass replaying that recorded output (the blocks before the first site do not run again) and stopping
+        before the LM head
+    KL fused with the unembedding (`fused_unembed_kl`): logits chunk by chunk, the gradient w.r.t. the final
+        hidden state made in the forward, never tokens x vocab logits with a graph.
+Local runs (no KL, no downstream term) stop after the last SAE in both paths and need no clean pass.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from ..patching.shared_prefix import (
+    as_tokens, capturing_head_input, lm_head, prefix_blocks, recording_prefix, replaying_prefix)
+from .fused_kl import fused_unembed_kl
+from .losses import LossConfig, compute_losses, token_weights
+
+
+def reference_micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, downstream_sites: list,
+                               d_in: int, attention_mask: Optional[torch.Tensor] = None) -> tuple:
+    """`(total, terms, sae_outputs)` the plain way. `model` is what the optimizer's gradients flow through (the
+    DDP-wrapped patched model under Accelerate), `raw` the unwrapped `SAEPatchedModel`."""
+    orig_logits = orig_downstream = None
+    if loss.needs_logits:
+        with torch.no_grad(), raw.saes_disabled():
+            clean = raw(input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
+        orig_logits, orig_downstream = clean.logits, clean.cached_activations
+    out = model(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites,
+                stop_early=not loss.needs_logits)
+    total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, orig_logits, out.cached_activations,
+                                  orig_downstream, mask=attention_mask)
+    return total, terms, out.sae_outputs
+
+
+def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, downstream_sites: list, d_in: int,
+                     attention_mask: Optional[torch.Tensor] = None) -> tuple:
+    """`(total, terms, sae_outputs)` the fast way (same arguments as `reference_micro_batch_loss`)."""
+    if not loss.needs_logits:
+        return reference_micro_batch_loss(model, raw, input_ids, loss, downstream_sites, d_in, attention_mask)
+    head = lm_head(raw)  # None: soft-capped or otherwise unusual heads get their logits made as usual
+    n_shared = prefix_blocks(raw.sites)
+    capture = capturing_head_input if head is not None else _no_capture
+    with torch.no_grad(), raw.saes_disabled(), recording_prefix(raw, n_shared) as prefix, capture(raw) as h_orig:
+        clean = raw(input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
+    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
+    kl = None
+    if head is not None and loss.kl.coeff > 0:
+        weights = token_weights(attention_mask, input_ids.shape, input_ids.device)
+        kl = fused_unembed_kl(as_tokens(h_sae["hidden"]), as_tokens(h_orig["hidden"]), head.weight, head.bias,
+                              weights, loss.kl.chunk_tokens)
+    total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, clean.logits, out.cached_activations,
+                                  clean.cached_activations, mask=attention_mask, kl_term=kl)
+    return total, terms, out.sae_outputs
+
+
+@contextlib.contextmanager
+def _no_capture(_model):
+    yield {}

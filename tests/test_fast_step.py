@@ -1,0 +1,126 @@
+"""The fast e2e step equals the reference step: loss, every term and every SAE gradient (1e-5 relative, fp32),
+for every preset, several sites and families, several SAEs, padding masks and downstream sites; and it really
+shares the prefix and never keeps tokens x vocab logits for backward."""
+import pytest
+import torch
+
+from hf_e2e_sae import SAEPatchedModel
+from hf_e2e_sae.patching.architectures import architecture_for
+from hf_e2e_sae.patching.shared_prefix import lm_head, prefix_blocks
+from hf_e2e_sae.training.fused_kl import fused_unembed_kl
+from hf_e2e_sae.training.losses import LossConfig, default_downstream_sites, kl_divergence
+from hf_e2e_sae.training.step import micro_batch_loss, reference_micro_batch_loss
+
+from test_patching import make_sae
+from tiny_models import HIDDEN, LAYERS, VOCAB, random_ids, tiny_model
+
+
+def _both(model, ids, loss, mask=None, downstream=None):
+    """(loss, terms, grads) of the reference and of the fast path on the same weights."""
+    downstream = downstream if downstream is not None else (
+        default_downstream_sites(model.sites, LAYERS) if loss.downstream.coeff > 0 else [])
+    results = []
+    for step in (reference_micro_batch_loss, micro_batch_loss):
+        model.zero_grad(set_to_none=True)
+        total, terms, _ = step(model, model, ids, loss, downstream, HIDDEN, attention_mask=mask)
+        total.backward()
+        grads = {name: p.grad.clone() for name, p in model.saes.named_parameters()}
+        results.append((total.detach(), terms, grads))
+    return results
+
+
+def _assert_equal(reference, fast):
+    (total_r, terms_r, grads_r), (total_f, terms_f, grads_f) = reference, fast
+    torch.testing.assert_close(total_f, total_r, rtol=1e-5, atol=1e-8)
+    assert terms_f.keys() == terms_r.keys()
+    for name in terms_r:
+        torch.testing.assert_close(terms_f[name], terms_r[name], rtol=1e-5, atol=1e-8)
+    for name in grads_r:
+        scale = grads_r[name].abs().max()
+        assert scale > 0, name  # the comparison is not vacuous
+        # 1e-5 relative to the gradient's size: single elements near zero differ by float32 rounding only
+        torch.testing.assert_close(grads_f[name], grads_r[name], rtol=1e-5, atol=1e-5 * float(scale))
+
+
+@pytest.mark.parametrize("preset", ["e2e", "e2e+ds", "local"])
+@pytest.mark.parametrize("site", ["blocks.1.resid_pre", "blocks.1.attn_out", "blocks.1.mlp_out",
+                                  "blocks.0.resid_post"])
+def test_fast_step_equals_reference(preset, site):
+    model = SAEPatchedModel(tiny_model("gpt2"), make_sae(site))
+    _assert_equal(*_both(model, random_ids(), LossConfig(preset=preset)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma2"])
+def test_fast_step_equals_reference_across_families(arch):
+    model = SAEPatchedModel(tiny_model(arch), make_sae("blocks.1.resid_pre"))
+    _assert_equal(*_both(model, random_ids(), LossConfig(preset="e2e+ds")))
+
+
+def test_several_saes_padding_and_explicit_downstream_sites():
+    model = SAEPatchedModel(tiny_model("llama"), [make_sae("blocks.0.mlp_out", seed=1),
+                                                  make_sae("blocks.1.resid_pre", seed=2)])
+    ids = random_ids(batch=3)
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    mask[2, 3:] = 0
+    loss = LossConfig(preset="e2e+ds", downstream={"sites": ["blocks.2.attn_out", "blocks.2.resid_post"]})
+    _assert_equal(*_both(model, ids, loss, mask=mask, downstream=list(loss.downstream.sites)))
+
+
+def test_small_chunks_give_the_same_fused_kl():
+    model = SAEPatchedModel(tiny_model("gpt2"), make_sae("blocks.2.resid_pre"))
+    loss = LossConfig(preset="e2e", kl={"chunk_tokens": 5})  # 24 tokens: chunks of 5, the last one short
+    _assert_equal(*_both(model, random_ids(), loss))
+
+
+def test_fused_kl_matches_kl_on_logits_with_bias_and_weights():
+    torch.manual_seed(0)
+    h_sae, h_orig = torch.randn(10, 16, requires_grad=True), torch.randn(10, 16)
+    weight, bias = torch.randn(50, 16), torch.randn(50)
+    mask = torch.tensor([[1] * 7 + [0] * 3], dtype=torch.float32)
+    fused = fused_unembed_kl(h_sae, h_orig, weight, bias, mask.reshape(-1) / 7, chunk_tokens=3)
+    fused.backward()
+    h_ref = h_sae.detach().clone().requires_grad_(True)
+    ref = kl_divergence((h_orig @ weight.T + bias)[None], (h_ref @ weight.T + bias)[None], mask=mask)
+    ref.backward()
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(h_sae.grad, h_ref.grad, rtol=1e-5, atol=1e-5 * float(h_ref.grad.abs().max()))
+    assert h_sae.grad[7:].abs().max() == 0  # padding gets no gradient
+
+
+def test_prefix_blocks_run_once_per_step():
+    model = SAEPatchedModel(tiny_model("gpt2"), make_sae("blocks.2.resid_pre"))
+    blocks = model.base_model.get_submodule(architecture_for(model.config).layers)
+    calls = [0] * LAYERS  # the blocks' MLPs: a replayed block's hooks still fire, its insides do not run
+    handles = [b.mlp.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, b in enumerate(blocks)]
+    micro_batch_loss(model, model, random_ids(), LossConfig(preset="e2e"), [], HIDDEN)[0].backward()
+    for h in handles:
+        h.remove()
+    assert calls == [1, 1, 2]  # blocks 0-1 shared; block 2 runs clean and with the SAE
+    assert prefix_blocks(["blocks.2.resid_pre", "blocks.1.mlp_out"]) == 1
+    assert prefix_blocks(["blocks.1.resid_post"]) == 2
+
+
+def test_fast_step_keeps_no_tokens_x_vocab_tensor_for_backward():
+    model = SAEPatchedModel(tiny_model("gpt2"), make_sae("blocks.2.resid_pre"))
+    ids = random_ids(batch=2, seq=12)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    for step, expect_vocab in ((reference_micro_batch_loss, True), (micro_batch_loss, False)):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step(model, model, ids, LossConfig(preset="e2e"), [], HIDDEN)
+        has_vocab = any(VOCAB in shape for shape in saved)
+        assert has_vocab is expect_vocab, saved
+
+
+def test_unusual_heads_fall_back_to_logits():
+    model = SAEPatchedModel(tiny_model("gpt2"), make_sae("blocks.1.resid_pre"))
+    assert lm_head(model) is model.base_model.lm_head
+    gemma2 = SAEPatchedModel(tiny_model("gemma2"), make_sae("blocks.1.resid_pre"))
+    assert gemma2.config.final_logit_softcapping and lm_head(gemma2) is None  # soft-capped: logits as usual
