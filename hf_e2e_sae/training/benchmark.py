@@ -49,6 +49,7 @@ SHAPES = {
     "A": Shape(n_layer=4, d_model=128, ctx=128, batch=8),
     "B": Shape(n_layer=6, d_model=512, ctx=128, batch=8),
     "gpt2": Shape(n_layer=12, d_model=768, ctx=1024, batch=8),  # GPT-2 small, dict 46,080: for GPUs
+    "tiny": Shape(n_layer=3, d_model=64, ctx=16, batch=2, dict_ratio=4, vocab=1000),  # a smoke test in seconds
 }
 SYSTEMS = ["ours_e2e", "ours_e2e_reference", "ours_e2eds", "ours_local", "lower_bound", "plain_forward",
            "sparsify_kl", "sparsify_local"]

@@ -203,6 +203,8 @@ def compute_losses(
         total = total + config.kl.coeff * terms["kl"]
     if config.downstream.coeff > 0:
         per_site = [mse_loss(sae_downstream[s], orig_downstream[s], mask) for s in orig_downstream]
+        if not per_site:
+            raise ValueError("loss.downstream.coeff > 0 but there is no downstream site after the last SAE")
         terms["downstream"] = sum(per_site) / len(per_site)
         total = total + config.downstream.coeff * terms["downstream"]
     return total, {name: value.detach() for name, value in terms.items()}

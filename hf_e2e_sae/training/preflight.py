@@ -9,11 +9,12 @@ import os
 
 from transformers import AutoConfig
 
-from ..patching.architectures import check_site
+from ..patching.architectures import check_site, num_blocks
 from ..patching.base_models import resolve_base_model
 from .arguments import ConfigError
 from .config import TrainConfig
 from .local_data import check_local_files, local_source
+from .losses import default_downstream_sites
 
 
 def _base_model_config(config: TrainConfig):
@@ -41,6 +42,14 @@ def check_sites(config: TrainConfig, base_config) -> None:
                 raise ConfigError(f"{field}: {e}") from None
 
 
+def check_downstream(config: TrainConfig, base_config) -> None:
+    """e2e+ds needs a later activation to reconstruct: by default the resid_pre of a block after the last SAE."""
+    if config.loss.downstream.coeff > 0 and not config.loss.downstream.sites:
+        if not default_downstream_sites(config.sites, num_blocks(base_config)):
+            raise ConfigError("loss.downstream.coeff > 0, but no block follows the last SAE site "
+                              f"{config.sites}: set loss.downstream.sites or move the SAE earlier")
+
+
 def check_batch_sizes(config: TrainConfig, world_size: int) -> None:
     if config.effective_batch_size % (config.batch_size * world_size):
         raise ConfigError(f"effective_batch_size={config.effective_batch_size} is not a multiple of "
@@ -57,4 +66,6 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
     """All checks of a training run that need more than the config itself; raises `ConfigError`."""
     check_batch_sizes(config, world_size)
     check_data(config)
-    check_sites(config, _base_model_config(config))
+    base_config = _base_model_config(config)
+    check_sites(config, base_config)
+    check_downstream(config, base_config)

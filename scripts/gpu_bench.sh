@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU benchmark run (device machine): carried wheels for what the image lacks, then hf-e2e-sae bench.
+# Usage there: bash scripts/gpu_bench.sh  (writes JSON and logs under $OUT)
+set -u
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, transformers, sparsify; print("torch", torch.__version__, "transformers", transformers.__version__)'
+python3 -m hf_e2e_sae.cli bench --shape gpt2 --device cuda --dtype bfloat16 --repeats 10 --warmup 3 \
+    --out "$OUT/bench_gpt2_bf16.json" 2>&1 | grep -v -E "Training:|it/s" | tee "$OUT/bench_gpt2_bf16.log"
+python3 -m hf_e2e_sae.cli bench --shape A --shape B --device cuda --dtype float32 --repeats 10 --warmup 3 \
+    --out "$OUT/bench_AB_cuda.json" 2>&1 | grep -v -E "Training:|it/s" | tee "$OUT/bench_AB_cuda.log"
