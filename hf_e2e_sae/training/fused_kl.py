@@ -16,6 +16,16 @@ import torch
 import torch.nn.functional as F
 
 
+# Elements of one (chunk, vocab) float32 temporary: small on CPUs (memory is the constraint and big chunks do not
+# run faster there), large on GPUs (many small matmuls and kernel launches cost more than the memory).
+_CHUNK_ELEMENTS = {"cpu": 128 * 50257, "cuda": 2048 * 50257}
+
+
+def auto_chunk_tokens(vocab: int, device: torch.device) -> int:
+    """Tokens per KL chunk when `loss.kl.chunk_tokens` is not set: a fixed budget of chunk x vocab elements."""
+    return max(16, _CHUNK_ELEMENTS.get(torch.device(device).type, _CHUNK_ELEMENTS["cuda"]) // vocab)
+
+
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     # float32 logits: the softmaxes of a bf16 base model are still taken in full precision
     return F.linear(h, weight, bias).float()
@@ -35,7 +45,7 @@ class _FusedUnembedKL(torch.autograd.Function):
             p = torch.exp(z_p - lse_p[:, None])
             # KL_t = sum_v p (log p - log q) = sum_v p (z_p - z_q) - lse_p + lse_q: few passes over (chunk, V)
             diff = z_p.sub_(z_q)
-            kl = torch.bmm(p[:, None, :], diff[:, :, None]).reshape(-1) - lse_p + lse_q
+            kl = torch.linalg.vecdot(p, diff) - lse_p + lse_q
             total += (kl * weights[start:end]).sum()
             if grad_h is not None:
                 dlogits = z_q.sub_(lse_q[:, None]).exp_().sub_(p).mul_(weights[start:end, None])  # (q - p) w_t
