@@ -57,9 +57,11 @@ def test_non_finite_loss_stops_with_one_line_error(make_config, capsys, override
     """Today: inf/NaN loss, exit 0, an all-NaN final/model.safetensors and a bare NaN in eval_metrics.json."""
     path, out = make_config("nonfinite", **SHORT)
     status = cli_main(["train", str(path), *override])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status != 0
-    assert err and "step 1" in err[-1] and "sparsity" in err[-1] and "non-finite" in err[-1].lower(), err[-3:]
+    err = capsys.readouterr().err
+    messages = [line for line in err.splitlines() if line.startswith("hf-e2e-sae train:")]
+    assert status == 1 and len(messages) == 1, err[-2000:]
+    assert "step 1" in messages[0] and "sparsity" in messages[0] and "non-finite" in messages[0].lower()
+    assert "Traceback" not in err
     assert not (out / "final").exists()
     for file in out.rglob("*.json"):
         _strict_json(file)
