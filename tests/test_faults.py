@@ -110,6 +110,21 @@ def test_save_and_push_refuse_non_finite_weights(tmp_path, hub, hf_cache, hf_tok
     assert not hub.repo_exists(repo_id)
 
 
+def test_patched_model_save_writes_nothing_when_one_sae_is_non_finite(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_e2e_sae import SAEPatchedModel
+    from hf_e2e_sae.patching.base_models import TINY_LM_DIR
+
+    saes = [SparseAutoencoder(SAEConfig(d_in=128, dict_size=64, site=f"blocks.{i}.resid_pre")) for i in (1, 2)]
+    with torch.no_grad():
+        saes[1].encoder.weight[0, 0] = float("inf")
+    model = SAEPatchedModel(AutoModelForCausalLM.from_pretrained(TINY_LM_DIR), saes)
+    with pytest.raises(ValueError, match=r"blocks\.2\.resid_pre.*encoder\.weight.*non-finite"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()  # not even the finite first SAE
+
+
 def test_json_outputs_stay_valid_with_nan_metrics(make_config, monkeypatch):
     """A metric that is NaN (e.g. a variance of zero) is written as null, never as a bare NaN."""
     path, out = make_config("nan_metric", **SHORT)

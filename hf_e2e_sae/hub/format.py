@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import CONFIG_NAME, cached_file
 
 from ..sae.config import SAE_FORMAT_VERSION, SAEConfig
+from ..sae.finite import check_finite_weights
 from ..sae.model import SparseAutoencoder
 from ..patching.base_models import config_hash, resolve_base_model
 from ..patching.patched_model import validate_sae_configs
@@ -50,6 +51,8 @@ def build_manifest(model) -> dict:
 def save_patched_model(model, save_directory, **kwargs: Any) -> None:
     """Write the SAEs of `model` and the manifest into `save_directory` (no base weights)."""
     save_directory = Path(save_directory)
+    for site in model.sites:  # all SAEs are checked before any file is written
+        check_finite_weights(model.sae(site).state_dict(), f"{save_directory} (SAE at {site})")
     save_directory.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(model)
     for site, subfolder in manifest["saes"].items():
