@@ -202,6 +202,30 @@ def test_second_run_on_a_locked_output_dir_fails_naming_the_pid(make_config):
     assert (out / "final" / "model.safetensors").exists()
 
 
+def test_lock_names_another_process_and_a_killed_holder_never_blocks(tmp_path):
+    """The holder's pid is read from the lock file; after `kill -9` the kernel has dropped its flock."""
+    import signal
+    import subprocess
+    import sys
+
+    from hf_e2e_sae.training.output_dir import OutputDirError, prepare_output_dir
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(60)"), str(tmp_path / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirError, match=rf"in use by another run \(pid {holder.pid}\)"):
+            prepare_output_dir(tmp_path, None, False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = prepare_output_dir(tmp_path, None, False)  # the stale lock file does not block
+    assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    lock.release()
+
+
 def test_refuses_another_runs_directory_unless_told(make_config):
     """Today a new run in a finished run's directory mixes checkpoints and `resume latest` picks the old run."""
     path, out = make_config("reuse", n_samples=32, save_every_samples=16)
