@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,24 @@ def test_non_finite_mid_run_keeps_last_good_checkpoint(make_config, monkeypatch)
     assert not (out / "final").exists()
     assert [p.name for p in list_checkpoints(out)] == ["step_00000004"]
     assert _all_finite(out / "checkpoints" / "step_00000004")
+
+
+@pytest.mark.parametrize("metrics, named", [
+    ({"loss": float("nan"), "sparsity": 0.1, "kl": float("nan"), "grad_norm": float("nan")}, "loss term 'kl' is nan"),
+    ({"loss": float("inf"), "sparsity": 1e-3, "grad_norm": 1.0}, "loss.sparsity.coeff=1e+39"),
+    ({"loss": 0.5, "sparsity": 0.1, "grad_norm": float("inf")}, "gradient norm is inf"),
+])
+def test_non_finite_step_names_the_term(metrics, named):
+    """The check reads the step's host values (already synced once per step): it names what went wrong."""
+    from types import SimpleNamespace
+
+    from hf_e2e_sae.training.safety import NonFiniteTrainingError, check_step_finite
+
+    loss = SimpleNamespace(sparsity=SimpleNamespace(coeff=1e39), kl=SimpleNamespace(coeff=1.0))
+    with pytest.raises(NonFiniteTrainingError, match=rf"^Non-finite training at step 7: .*{re.escape(named)}") as e:
+        check_step_finite(7, metrics, loss)
+    assert "\n" not in str(e.value)
+    check_step_finite(7, {"loss": 0.5, "sparsity": 0.1, "grad_norm": 3.0}, loss)  # finite: no error
 
 
 def test_save_and_push_refuse_non_finite_weights(tmp_path, hub, hf_cache, hf_token):
