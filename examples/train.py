@@ -17,6 +17,7 @@ import sys
 from accelerate import PartialState
 
 from hf_e2e_sae.training.config import TrainConfig
+from hf_e2e_sae.training.run_errors import RUN_ERRORS
 from hf_e2e_sae.training.trainer import config_from_argv, final_report, train
 
 
@@ -33,7 +34,10 @@ def main() -> None:
     if config is None:  # --help was printed
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    metrics = training_function(config)
+    try:
+        metrics = training_function(config)
+    except RUN_ERRORS as error:  # non-finite loss, output_dir in use, disk full, bad checkpoint: one line
+        sys.exit(f"\nexamples/train.py: {error}")
     if metrics and PartialState().is_main_process:
         print(final_report(config, metrics))
 

@@ -363,7 +363,6 @@ def train_main(argv: Optional[list] = None) -> int:
     import sys
 
     from .arguments import ConfigError
-
     from .run_errors import RUN_ERRORS
 
     try:
