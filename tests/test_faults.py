@@ -187,6 +187,21 @@ def test_secrets_are_redacted_everywhere_but_still_used(make_config, monkeypatch
     assert "load_kwargs" in pushed["train_config.yaml"].decode()  # redacted, not dropped
 
 
+def test_push_of_an_old_run_folder_publishes_valid_json_and_no_secret(tmp_path, hub, hf_cache, hf_token):
+    """A final/ written before these fixes (bare NaN metric, plain-text token) is cleaned on the way up."""
+    from hf_e2e_sae.hub import push_run_to_hub
+
+    folder = tmp_path / "old_run" / "final"
+    SparseAutoencoder(SAEConfig(d_in=8, dict_size=16, site=SITE, base_model_name_or_path="gpt2")).save_pretrained(folder)
+    (folder / "eval_metrics.json").write_text('{"kl": NaN, "n_tokens": 8}')
+    (folder / "train_config.yaml").write_text("data:\n  load_kwargs:\n    token: hf_oldSECRET\n")
+    repo_id = hub.unique_repo_id("old")
+    push_run_to_hub(folder.parent, repo_id)
+    files = hub.repo_files(repo_id)
+    assert json.loads(files["eval_metrics.json"], parse_constant=lambda c: pytest.fail(c)) == {"kl": None, "n_tokens": 8}
+    assert not [name for name, data in files.items() if b"hf_oldSECRET" in data]
+
+
 def test_redaction_rules():
     from hf_e2e_sae.training.redaction import REDACTED, redact_secrets
 

@@ -33,6 +33,7 @@ from transformers.utils import CONFIG_NAME
 from ..sae.config import SAE_FORMAT_VERSION
 from ..sae.finite import check_finite_weights
 from ..training.redaction import redact_secrets
+from ..training.safety import json_text
 from .card import is_hub_id, render_card_from_configs, sae_manifest
 from ..patching.base_models import is_local_only
 from ..patching.patched_model import cached_commit
@@ -203,17 +204,20 @@ def _push_folder(
 
 
 def _redacted_bytes(path: Path) -> bytes:
-    """A file to upload; a YAML / JSON config is re-serialised with its credentials redacted if it holds any."""
+    """A file to upload; a YAML / JSON file is re-serialised if it holds credentials (redacted) or, for JSON,
+    bare NaN / Infinity (written as null, so the published file is valid JSON)."""
     raw = path.read_bytes()
     if path.suffix not in (".yaml", ".yml", ".json"):
         return raw
-    loaded = yaml.safe_load(raw) if path.suffix != ".json" else json.loads(raw)
+    if path.suffix == ".json":
+        loaded = json.loads(raw)
+        text = json_text(redact_secrets(loaded))
+        return raw if json.loads(text) == loaded else text.encode()
+    loaded = yaml.safe_load(raw)
     redacted = redact_secrets(loaded)
     if redacted == loaded:
         return raw
     logger.warning("%s holds credentials: uploading it with them redacted.", path)
-    if path.suffix == ".json":
-        return json.dumps(redacted, indent=2).encode() + b"\n"
     return yaml.safe_dump(redacted, sort_keys=False, allow_unicode=True).encode()
 
 

@@ -93,7 +93,8 @@ class SparseAutoencoder(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, refusing (before writing anything) weights that hold NaN or inf."""
-        check_finite_weights(self.state_dict(), str(save_directory))
+        state = kwargs.get("state_dict")
+        check_finite_weights(state if state is not None else self.state_dict(), str(save_directory))
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
