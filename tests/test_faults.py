@@ -35,7 +35,6 @@ SHORT = dict(n_samples=16, save_every_samples=None)  # 2 optimizer steps, no che
 @pytest.fixture(autouse=True)
 def _clean_accelerate(fresh_accelerate):
     yield
-    gc.collect()  # runs that raised keep their output_dir lock until collected
 
 
 def _strict_json(path: Path):

@@ -6,7 +6,6 @@ resume with another dictionary size or loss coefficient goes ahead, and nothing 
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from pathlib import Path
@@ -29,7 +28,6 @@ STEP2, STEP4 = "step_00000002", "step_00000004"
 @pytest.fixture(autouse=True)
 def _clean_accelerate(fresh_accelerate):
     yield
-    gc.collect()
 
 
 class _RunsCode:
