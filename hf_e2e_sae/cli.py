@@ -66,6 +66,7 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
     from accelerate import PartialState
 
     from .training.arguments import ConfigError
+    from .training.run_errors import RUN_ERRORS
 
     try:
         config = config_from_argv(argv, prog)
@@ -80,6 +81,10 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
         metrics = train(config)
     except ConfigError as error:  # raised by the preflight checks, before the model loads
         return _fail(prog, error)
+    except RUN_ERRORS as error:  # non-finite loss, output_dir in use, disk full, bad checkpoint: one line
+        sys.stderr.write("\n")  # on its own line, after any progress bar
+        _fail(prog, error)
+        return 1
     if metrics and PartialState().is_main_process:
         sys.stdout.write(final_report(config, metrics))
     return 0

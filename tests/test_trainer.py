@@ -199,13 +199,14 @@ def test_resume_matches_uninterrupted_run(make_config, caplog):
     assert weights and all(k.startswith(_sae_key()) for k in weights), sorted(weights)
     assert {k[len(_sae_key()):] for k in weights} == {"encoder.weight", "encoder.bias", "decoder.weight",
                                                       "decoder.bias"}
-    assert {"optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "train_config.yaml"} <= {
+    assert {"optimizer.bin", "scheduler.json", "trainer_state.json", "train_config.yaml"} <= {
         p.name for p in ckpt.iterdir()}
+    assert not list(ckpt.glob("*.pkl"))  # nothing that resuming would have to unpickle
 
     # A crash while saving step 7 leaves a newer but incomplete, corrupt temporary directory behind.
     tmp = out_b / "checkpoints" / ".tmp-step_00000007"
     shutil.copytree(ckpt, tmp)
-    for name in ("model.safetensors", "optimizer.bin", "custom_checkpoint_1.pkl"):
+    for name in ("model.safetensors", "optimizer.bin", "trainer_state.json"):
         (tmp / name).write_bytes(b"truncated")
     assert resolve_resume("latest", out_b) == ckpt
 

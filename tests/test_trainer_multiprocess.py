@@ -80,10 +80,10 @@ def test_two_processes_match_one_process_with_accumulation(make_config, tiny_ass
     assert metrics_2 == pytest.approx(metrics_1, rel=1e-4, abs=1e-5)
 
     # Only the main process wrote the outputs: one final/, one checkpoint (RNG state of each rank inside it).
-    assert sorted(p.name for p in out_2.iterdir()) == ["checkpoints", "final"]
+    assert sorted(p.name for p in out_2.iterdir()) == [".lock", "checkpoints", "final"]  # .lock: one run per dir
     assert sorted(p.name for p in (out_2 / "checkpoints").iterdir()) == ["step_00000004"]
     ckpt = out_2 / "checkpoints" / "step_00000004"
-    assert {"random_states_0.pkl", "random_states_1.pkl", "train_config.yaml"} <= {p.name for p in ckpt.iterdir()}
+    assert {"rng_state_0.safetensors", "rng_state_1.safetensors", "train_config.yaml"} <= {p.name for p in ckpt.iterdir()}
     sae_prefix = "saes." + SITE.replace(".", "__") + "."
     assert all(k.startswith(sae_prefix) for k in load_file(str(ckpt / "model.safetensors")))
     assert {p.name for p in (out_2 / "final").iterdir()} == {p.name for p in (out_1 / "final").iterdir()}

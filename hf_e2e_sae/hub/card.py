@@ -20,6 +20,8 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..training.redaction import redact_secrets
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_NAME = "sae_model_card.md.jinja"
@@ -208,6 +210,7 @@ def render_card_from_configs(
     from ..version import __version__
 
     metrics, train_config, train_summary = dict(metrics or {}), dict(train_config or {}), dict(train_summary or {})
+    train_config = redact_secrets(train_config)  # a card is public: never render a credential
     base = manifest.get("base_model_name_or_path")
     loss = _loss_section(train_config)
     dataset = _dataset_info(train_config)

@@ -21,9 +21,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import CONFIG_NAME, cached_file
 
 from ..sae.config import SAE_FORMAT_VERSION, SAEConfig
+from ..sae.finite import check_finite_weights
 from ..sae.model import SparseAutoencoder
 from ..patching.base_models import config_hash, resolve_base_model
 from ..patching.patched_model import validate_sae_configs
+from .manifest_check import check_remote_code, parse_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def build_manifest(model) -> dict:
 def save_patched_model(model, save_directory, **kwargs: Any) -> None:
     """Write the SAEs of `model` and the manifest into `save_directory` (no base weights)."""
     save_directory = Path(save_directory)
+    for site in model.sites:  # all SAEs are checked before any file is written
+        check_finite_weights(model.sae(site).state_dict(), f"{save_directory} (SAE at {site})")
     save_directory.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(model)
     for site, subfolder in manifest["saes"].items():
@@ -114,7 +118,7 @@ def read_manifest(path_or_repo: str, subfolder: str = "", **hub_kwargs: Any) -> 
             "base_model_revision": config.base_model_revision,
             "saes": {config.site: ""},
         }
-    manifest = json.loads(Path(manifest_file).read_text())
+    manifest = parse_manifest(manifest_file, where)
     version = manifest.get("format_version", 1)
     if version > SAE_FORMAT_VERSION:
         raise ValueError(
@@ -162,6 +166,7 @@ def load_patched_model(
     """
     path = str(pretrained_model_name_or_path)
     hub_kwargs = _hub_kwargs(revision, token, cache_dir, local_files_only)
+    check_remote_code(base_model, base_model_kwargs, path)
     manifest = read_manifest(path, subfolder=subfolder, **hub_kwargs)
     folders = {site: _join(subfolder, sub) for site, sub in manifest["saes"].items()}
     configs = {site: _load_sae_config(path, folder, site, **hub_kwargs) for site, folder in folders.items()}
@@ -173,7 +178,8 @@ def load_patched_model(
         recorded_revision = manifest.get("base_model_revision") if base_model is None else None
         base_hub = {"revision": recorded_revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
         try:
-            base_config = AutoConfig.from_pretrained(name, **base_hub)
+            trust = {"trust_remote_code": True} if (base_model_kwargs or {}).get("trust_remote_code") else {}
+            base_config = AutoConfig.from_pretrained(name, **base_hub, **trust)
         except OSError as e:
             raise OSError(
                 f"{path}: cannot load the base model {name!r} (revision {base_hub['revision'] or 'main'}) the SAEs "

@@ -29,6 +29,9 @@ from safetensors.torch import save
 from transformers.utils import CONFIG_NAME
 
 from ..sae.config import SAE_FORMAT_VERSION
+from ..sae.finite import check_finite_weights
+from ..training.redaction import redact_secrets
+from ..training.safety import json_text
 from .card import is_hub_id, render_card_from_configs, sae_manifest
 from ..patching.base_models import is_local_only
 from ..patching.patched_model import cached_commit
@@ -100,6 +103,7 @@ def _add_metadata(src: Path, dst: Path) -> None:
     with safe_open(str(src), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         tensors = {key: f.get_tensor(key) for key in f.keys()}
+    check_finite_weights(tensors, str(src))  # never publish a diverged SAE
     metadata.setdefault("format", "pt")
     metadata.update(hf_e2e_sae_version=__version__, hf_e2e_sae_format_version=str(SAE_FORMAT_VERSION))
     dst.write_bytes(_deterministic_safetensors(tensors, metadata))
@@ -177,7 +181,7 @@ def _push_folder(
             card_data=card_data, license=license, revision=revision,
         )
         operations.append(CommitOperationAdd("README.md", str(card).encode("utf-8")))
-        operations += [CommitOperationAdd(Path(f).name, str(f)) for f in extra_files]
+        operations += [CommitOperationAdd(Path(f).name, _redacted_bytes(Path(f))) for f in extra_files]
 
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -195,6 +199,24 @@ def _push_folder(
         )
     logger.info("Pushed %d files to %s (%s)", len(operations), repo_id, info.commit_url)
     return info
+
+
+def _redacted_bytes(path: Path) -> bytes:
+    """A file to upload; a YAML / JSON file is re-serialised if it holds credentials (redacted) or, for JSON,
+    bare NaN / Infinity (written as null, so the published file is valid JSON)."""
+    raw = path.read_bytes()
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        return raw
+    if path.suffix == ".json":
+        loaded = json.loads(raw)
+        text = json_text(redact_secrets(loaded))
+        return raw if json.loads(text) == loaded else text.encode()
+    loaded = yaml.safe_load(raw)
+    redacted = redact_secrets(loaded)
+    if redacted == loaded:
+        return raw
+    logger.warning("%s holds credentials: uploading it with them redacted.", path)
+    return yaml.safe_dump(redacted, sort_keys=False, allow_unicode=True).encode()
 
 
 def _repo_path(subfolder: str, name: str) -> str:

@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 
 from .activations import build_activation
 from .config import SAEConfig
+from .finite import check_finite_weights
 from .hub_interface import hub_function
 
 
@@ -81,6 +82,20 @@ class SparseAutoencoder(PreTrainedModel):
         if not return_dict:
             return (latents, reconstruction)
         return SAEOutput(latents=latents, reconstruction=reconstruction)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a missing, unexpected or mis-shaped weight or a damaged
+        safetensors file raises `ValueError` naming the file instead of loading random values."""
+        from .strict_loading import load_strictly
+
+        return load_strictly(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, refusing (before writing anything) weights that hold NaN or inf."""
+        state = kwargs.get("state_dict")
+        check_finite_weights(state if state is not None else self.state_dict(), str(save_directory))
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload this SAE (safetensors + config + manifest) and a README.md model card in one commit.

@@ -85,6 +85,8 @@ class TrainConfig(ConfigModel):
     """Autocast precision of the forward passes."""
     resume_from_checkpoint: Optional[str] = None
     """'latest' or a checkpoint path to continue from."""
+    overwrite_output_dir: bool = False
+    """Delete another run's checkpoints and final/ in output_dir and start afresh (otherwise that is an error)."""
     stop_after_steps: Optional[int] = None
     """Stop early after N optimizer steps, as if interrupted (for testing resumption)."""
     push_to_hub: bool = False

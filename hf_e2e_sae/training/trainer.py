@@ -10,7 +10,6 @@ Per micro-batch (batch, seq):
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,8 +23,12 @@ from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env, se
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .checkpointing import TrainerState, keep_only_sae_weights, resolve_resume, save_checkpoint, union_fired
-from .arguments import save_yaml, to_dict
+from .checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
+from .arguments import to_dict
+from .output_dir import prepare_output_dir, staged_dir
+from .redaction import config_yaml, redact_secrets
+from .resume_compat import check_resume_compatible
+from .safety import check_step_finite, json_text
 from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
 from .data import build_datasets, create_dataloader, skip_samples
@@ -125,6 +128,19 @@ def setup_run(config: TrainConfig) -> _Run:
     cpu = _use_cpu_backend()
     world = PartialState(cpu=cpu).num_processes
     preflight(config, world)  # base model config, sites, data files, batch sizes: before any weights load
+    # Before the model loads: a usable output_dir, locked for this run (see training/output_dir.py).
+    lock = prepare_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir) \
+        if PartialState().is_main_process else None
+    try:
+        return _setup_locked_run(config, cpu, world, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()  # a run that failed to start leaves output_dir free at once
+        raise
+
+
+def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
+    """`setup_run` once output_dir is checked and locked."""
     # sync_with_dataloader=False: `_micro_batch_groups` reads a whole group before training on it, so the
     # prepared loader already reports end_of_dataloader during the last group; with the default (True) every
     # micro-batch of that group became its own optimizer step. Groups are always full, so counting suffices.
@@ -141,22 +157,23 @@ def setup_run(config: TrainConfig) -> _Run:
     if config.push_to_hub:
         hub_function("require_token")(None)  # fail now, not after hours of training
     run = _Run(config, accelerator)
+    run.output_dir_lock = lock
     run.optimizer = make_optimizer(run.model.sae_parameters(), config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
     train_ds, eval_ds = build_datasets(config.data, run.tokenizer, config.total_samples, config.seed)
     run.sae_parameters = list(run.model.sae_parameters())
     run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
     # The scheduler counts our optimizer steps (not prepared: accelerate would step it per process).
-    accelerator.register_for_checkpointing(run.scheduler, run.state)
-    accelerator.register_save_state_pre_hook(keep_only_sae_weights)
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    expected = {k: v.shape for k, v in sae_state(accelerator.unwrap_model(run.model)).items()}
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir, expected,
+                            check_config=lambda checkpoint: check_resume_compatible(checkpoint, config))
     if resume is not None:
-        accelerator.load_state(str(resume), strict=False)
+        load_checkpoint(run, resume)
         logger.info("Resumed from %s at step %d", resume, run.state.step)
     run.train_loader = accelerator.prepare(create_dataloader(skip_samples(train_ds, run.state.samples), config.batch_size))
     run.eval_loader = create_dataloader(eval_ds, config.eval_batch_size or config.batch_size)
     if config.tracker != "none":
-        accelerator.init_trackers("hf_e2e_sae", config=_flat(to_dict(config)))
+        accelerator.init_trackers("hf_e2e_sae", config=_flat(redact_secrets(to_dict(config))))
     return run
 
 
@@ -216,6 +233,7 @@ def train_step(run: _Run, batches: list) -> dict:
     run.state.step += 1
     run.state.samples += config.effective_batch_size
     values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in sums.values()]).tolist()
+    check_step_finite(run.state.step, dict(zip(sums, values)), config.loss)  # host values: no extra sync
     logs.update({f"train/{k}": v for k, v in zip(sums, values)})
     logs["train/lr"] = run.scheduler.get_last_lr()[0]
     return logs
@@ -243,7 +261,15 @@ def run_evaluation(run: _Run) -> dict:
 def train(config: TrainConfig) -> dict:
     """Train SAEs as `config` says; returns the final held-out metrics ({} if stopped early)."""
     run = setup_run(config)
-    acc, state = run.accelerator, run.state
+    try:
+        return _train_loop(run)
+    finally:
+        if run.output_dir_lock is not None:
+            run.output_dir_lock.release()
+
+
+def _train_loop(run: _Run) -> dict:
+    config, acc, state = run.config, run.accelerator, run.state
     bar = tqdm(total=config.total_steps, initial=state.step, desc="train", disable=not acc.is_local_main_process)
     tokens_per_step = config.effective_batch_size * config.data.context_length
     step_start = time.time()
@@ -259,7 +285,7 @@ def train(config: TrainConfig) -> dict:
             acc.log({f"eval/{k}": v for k, v in run_evaluation(run).items()}, step=state.step)
         done = state.step >= config.total_steps
         if config.save_every_samples and state.samples % config.save_every_samples == 0 and not done:
-            save_checkpoint(acc, state, config.output_dir, config.keep_checkpoints, lambda p: save_yaml(config, p))
+            save_checkpoint(run)
         if config.stop_after_steps is not None and state.step >= config.stop_after_steps and not done:
             logger.warning("Stopping after %d steps (stop_after_steps)", state.step)
             acc.end_training()
@@ -289,13 +315,14 @@ def write_final(run: _Run, metrics: dict) -> Path:
     """output_dir/final/: the SAEs (save_pretrained), eval_metrics.json, train_config.yaml, train_summary.json."""
     final = Path(run.config.output_dir) / "final"
     if run.accelerator.is_main_process:
-        run.accelerator.unwrap_model(run.model).save_pretrained(final)
-        (final / "eval_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        save_yaml(run.config, final / "train_config.yaml")
-        summary = {"train_samples": run.state.samples, "train_tokens": run.state.samples * run.config.data.context_length,
-                   "optimizer_steps": run.state.step, "seconds": round(time.time() - run.start_time, 1),
-                   "num_processes": run.accelerator.num_processes}
-        (final / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with staged_dir(final) as stage:  # final/ appears complete or not at all
+            run.accelerator.unwrap_model(run.model).save_pretrained(stage)  # refuses non-finite weights
+            (stage / "eval_metrics.json").write_text(json_text(metrics))
+            (stage / "train_config.yaml").write_text(config_yaml(run.config))  # credentials redacted
+            summary = {"train_samples": run.state.samples, "train_tokens": run.state.samples * run.config.data.context_length,
+                       "optimizer_steps": run.state.step, "seconds": round(time.time() - run.start_time, 1),
+                       "num_processes": run.accelerator.num_processes}
+            (stage / "train_summary.json").write_text(json_text(summary))
         if run.config.push_to_hub:
             hub_function("push_run_to_hub")(final, run.config.hub_repo_id, private=run.config.hub_private)
     run.accelerator.wait_for_everyone()
