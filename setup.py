@@ -32,7 +32,7 @@ setup(
         "jinja2>=3.0",
     ],
     extras_require={
-        "test": ["pytest>=7.0"],
+        "test": ["pytest>=7.0", "sae-lens>=6", "eai-sparsify"],  # interop tests run against the real packages
         "examples": ["matplotlib>=3.5", "tensorboard"],
     },
     entry_points={"console_scripts": ["hf-e2e-sae=hf_e2e_sae.cli:main"]},

@@ -9,6 +9,7 @@ USAGE = """usage: hf-e2e-sae COMMAND [ARGS]
 commands:
   train [CONFIG.yaml] [overrides]   train SAEs (see `hf-e2e-sae train --help`)
   push OUTPUT_DIR REPO_ID [opts]    publish a saved run to the Hub (see `hf-e2e-sae push --help`)
+  convert SRC DST [--to saelens]    convert an SAE between formats (see `hf-e2e-sae convert --help`)
 """
 
 
@@ -26,6 +27,10 @@ def main(argv: Optional[list] = None) -> int:
         from .hub.push import push_main
 
         return push_main(rest)
+    if command == "convert":
+        from .interop.conversion import convert_main
+
+        return convert_main(rest)
     sys.stderr.write(f"unknown command {command!r}\n{USAGE}")
     return 2
 
