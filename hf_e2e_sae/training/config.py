@@ -14,6 +14,7 @@ from typing import Literal, Optional, Union
 
 from .arguments import ConfigError, load_config
 from .data import DataConfig
+from .finetune import check_init_from
 from .losses import LossConfig
 from ..sae.sites import parse_site
 
@@ -41,6 +42,8 @@ class TrainConfig:
     """Latent activation (see hf_e2e_sae.activations)."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
+    init_from: Optional[str] = None
+    """Start from this SAE (folder or Hub repo, any format hf_e2e_sae.load_sae reads); its site and width are used."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Loss preset and coefficients."""
     data: DataConfig = field(default_factory=lambda: DataConfig(
@@ -116,6 +119,7 @@ class TrainConfig:
         for site in self.loss.downstream.sites:
             if parse_site(site).position <= last_sae:
                 raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
+        check_init_from(self)
         if self.push_to_hub and not self.hub_repo_id:
             raise ValueError("push_to_hub is true but hub_repo_id is not set")
         if self.resume_from_checkpoint is not None and self.resume_from_checkpoint != "latest" \

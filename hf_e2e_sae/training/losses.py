@@ -13,11 +13,15 @@ from typing import Literal, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from .finetune import check_kl_balance, kl_scale
+
 # preset -> default coefficients (sparsity: the paper's layer-6 "similar CE" lambdas, Table 2)
 LOSS_PRESETS: dict = {
     "local": {"sparsity": 4.0, "reconstruction": 1.0, "kl": 0.0, "downstream": 0.0},
     "e2e": {"sparsity": 3.0, "reconstruction": 0.0, "kl": 1.0, "downstream": 0.0},
     "e2e+ds": {"sparsity": 50.0, "reconstruction": 0.0, "kl": 0.5, "downstream": 2.5},
+    # Karvonen (2025): KL + MSE fine-tuning of a trained SAE, KL balanced to the MSE (training/finetune.py)
+    "finetune": {"sparsity": 4.0, "reconstruction": 0.5, "kl": 0.5, "downstream": 0.0},
 }
 
 
@@ -41,6 +45,8 @@ class KLLossConfig:
     """Coefficient of KL(P_orig || P_sae); default from the preset."""
     chunk_tokens: int = 1024
     """Tokens per chunk of the KL computation (memory: chunk_tokens x vocab floats)."""
+    balance: Optional[bool] = None
+    """Rescale the KL each step so its contribution is coeff / reconstruction.coeff times the MSE's (finetune: on)."""
 
 
 @dataclass
@@ -53,8 +59,8 @@ class DownstreamLossConfig:
 
 @dataclass
 class LossConfig:
-    preset: Literal["local", "e2e", "e2e+ds"] = "e2e"
-    """One of local, e2e, e2e+ds; fills every coefficient that is not given."""
+    preset: Literal["local", "e2e", "e2e+ds", "finetune"] = "e2e"
+    """One of local, e2e, e2e+ds, finetune; fills every coefficient that is not given."""
     sparsity: SparsityLossConfig = field(default_factory=SparsityLossConfig)
     """Sparsity term: mean over tokens of ||c||_p / d_in."""
     reconstruction: CoeffConfig = field(default_factory=CoeffConfig)
@@ -78,6 +84,7 @@ class LossConfig:
             raise ValueError(f"loss.sparsity.p must be > 0, got {self.sparsity.p}")
         if self.kl.chunk_tokens <= 0:
             raise ValueError(f"loss.kl.chunk_tokens must be > 0, got {self.kl.chunk_tokens}")
+        check_kl_balance(self)
 
     @property
     def needs_logits(self) -> bool:
@@ -182,7 +189,7 @@ def compute_losses(
         total = total + config.reconstruction.coeff * terms["reconstruction"]
     if config.kl.coeff > 0:
         terms["kl"] = kl_divergence(orig_logits, sae_logits, mask, config.kl.chunk_tokens)
-        total = total + config.kl.coeff * terms["kl"]
+        total = total + config.kl.coeff * kl_scale(config, terms) * terms["kl"]
     if config.downstream.coeff > 0:
         per_site = [mse_loss(sae_downstream[s], orig_downstream[s], mask) for s in orig_downstream]
         terms["downstream"] = sum(per_site) / len(per_site)
