@@ -96,7 +96,7 @@ def test_export_loads_in_saelens_with_identical_outputs(tmp_path, activation, ex
     export_sae(ours, tmp_path / "export")
     theirs = SAE.load_from_disk(tmp_path / "export")
     meta = theirs.cfg.metadata
-    assert (meta.model_name, meta.hook_name) == ("gpt2", "blocks.2.hook_resid_post")
+    assert (meta.model_name, meta.hook_name, meta.hook_layer) == ("gpt2", "blocks.2.hook_resid_post", 2)
     assert int(meta.sae_lens_version.split(".")[0]) >= 6
     assert meta.model_from_pretrained_kwargs == {"center_writing_weights": bool(options.get("center_input"))}
     x = _inputs()

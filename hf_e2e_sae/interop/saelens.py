@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..sae.model import SparseAutoencoder
+from ..sae.sites import parse_site
 from .registry import build_sae, register_format
 from .sites import hub_model_name, site_from_hook_name, transformer_lens_hook_name, transformer_lens_model_name
 
@@ -128,7 +129,8 @@ def export(sae: SparseAutoencoder, directory: Union[str, Path], model_name: Opti
            "metadata": {
                "sae_lens_version": EXPORT_SAE_LENS_VERSION, "sae_lens_training_version": None,
                "model_name": model_name or transformer_lens_model_name(c.base_model_name_or_path),
-               "hook_name": transformer_lens_hook_name(c.site), "hook_head_index": None,
+               "hook_name": transformer_lens_hook_name(c.site), "hook_layer": parse_site(c.site).block,
+               "hook_head_index": None,
                "model_class_name": "HookedTransformer", "prepend_bos": True,
                "model_from_pretrained_kwargs": {"center_writing_weights": bool(c.center_input)},
                "hf_base_model": c.base_model_name_or_path, "hf_base_model_revision": c.base_model_revision,
