@@ -303,3 +303,23 @@ def test_unknown_format_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="valid choices"):
         load_sae(tmp_path, format="nope")
     assert hf_e2e_sae.load_sae is load_sae
+
+
+def test_foreign_repos_load_from_the_hub(hub, hf_cache, hf_token, tmp_path, sparsify_run):
+    """By repo id (fake Hub on 127.0.0.1): a SAELens repo, and one hookpoint of a sparsify run repo."""
+    theirs = _saelens_sae("jumprelu")
+    theirs.save_model(tmp_path / "sl")
+    sl_repo = hub.unique_repo_id("saelens")
+    hub.add_commit(sl_repo, {f"blocks.1/{p.name}": p.read_bytes() for p in (tmp_path / "sl").iterdir()})
+    coder, run = sparsify_run
+    sp_repo = hub.unique_repo_id("sparsify")
+    hub.add_commit(sp_repo, {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()})
+    x = _inputs()
+    with torch.no_grad():
+        _same_latents(load_sae(sl_repo, subfolder="blocks.1").encode(x), theirs.encode(x))
+        patched = SAEPatchedModel.from_pretrained(sl_repo, subfolder="blocks.1", base_model=tiny_model("gpt2"))
+        record = patched(random_ids()).sae_outputs["blocks.1.resid_pre"]
+        _same_latents(record.latents, theirs.encode(record.input))
+        ours = load_sae(sp_repo, subfolder="layers.1")
+        encoded = coder.encode(x)
+        _same_latents(ours.encode(x), torch.zeros(len(x), D_SAE).scatter(-1, encoded.top_indices, encoded.top_acts))
