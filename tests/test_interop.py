@@ -81,6 +81,37 @@ def test_saelens_centring_follows_its_metadata(tmp_path):
         torch.testing.assert_close(ours(x).reconstruction, theirs(centred), **TIGHT)
 
 
+def test_saelens_constant_input_scaling(tmp_path):
+    """expected_average_only_in with its constant: ours scales inputs as SAELens's from_pretrained folds it."""
+    theirs = _saelens_sae("topk")
+    theirs.cfg.normalize_activations = "expected_average_only_in"
+    theirs.save_model(tmp_path)
+    ours = load_sae(tmp_path, input_scale=0.25)
+    assert ours.config.input_scale == 0.25
+    theirs.fold_activation_norm_scaling_factor(0.25)
+    x = _inputs()
+    with torch.no_grad():
+        _same_latents(ours.encode(x), theirs.encode(x))
+        torch.testing.assert_close(ours(x).reconstruction, theirs(x), **TIGHT)
+
+
+def test_saelens_legacy_flat_config_loads_like_saelens_reads_it(tmp_path):
+    """A pre-6 config (flat, hook_point, activation_fn_str topk): the same SAE as SAE.load_from_disk gives."""
+    theirs = _saelens_sae("topk")
+    theirs.save_model(tmp_path)
+    legacy = {"d_in": HIDDEN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu", "hook_point": "blocks.1.hook_resid_pre",
+              "model_name": "gpt2", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 6},
+              "apply_b_dec_to_input": True, "normalize_activations": False, "sae_lens_training_version": "3.0.0"}
+    (tmp_path / "cfg.json").write_text(json.dumps(legacy))
+    reference = SAE.load_from_disk(tmp_path)
+    ours = load_sae(tmp_path)
+    assert (ours.config.activation, ours.config.k, ours.config.site) == ("topk", 6, "blocks.1.resid_pre")
+    x = _inputs()
+    with torch.no_grad():
+        _same_latents(ours.encode(x), reference.encode(x))
+        torch.testing.assert_close(ours(x).reconstruction, reference(x), **TIGHT)
+
+
 # ----------------------------------------------------------------------------------------------- ours -> SAELens
 OUR_OPTIONS = [{}, {"apply_b_dec_to_input": True, "normalize_decoder": False},
                {"center_input": True, "input_scale": 0.5, "apply_b_dec_to_input": True}]

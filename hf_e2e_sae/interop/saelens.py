@@ -46,12 +46,21 @@ def _flat_metadata(cfg: dict) -> dict:
     return metadata
 
 
+def _legacy_architecture(cfg: dict) -> str:
+    """Pre-6 flat configs name TopK through `activation_fn` (as SAELens's own `handle_pre_6_0_config` reads them)."""
+    activation = cfg.get("activation_fn", cfg.get("activation_fn_str"))
+    if activation == "topk" and (cfg.get("activation_fn_kwargs") or {}).get("k") is not None:
+        cfg["k"] = cfg["activation_fn_kwargs"]["k"]
+        return "topk"
+    return "standard"
+
+
 def _check_supported(cfg: dict, metadata: dict, weights: dict, folder: Path) -> str:
-    architecture = cfg.get("architecture", "standard")
+    architecture = cfg.get("architecture") or _legacy_architecture(cfg)
     if architecture not in _ACTIVATIONS:
         raise NotImplementedError(f"{folder}: SAELens architecture {architecture!r} is not supported; "
                                   f"supported: {sorted(_ACTIVATIONS)}")
-    if cfg.get("normalize_activations", "none") not in (None, False, "none", "expected_average_only_in"):
+    if cfg.get("normalize_activations", "none") not in (None, False, True, "none", "expected_average_only_in"):
         raise NotImplementedError(f"{folder}: normalize_activations={cfg['normalize_activations']!r} (per-token "
                                   "rescaling) is not supported; supported: none, expected_average_only_in")
     if cfg.get("reshape_activations", "none") != "none" or metadata.get("hook_head_index") is not None:
@@ -62,13 +71,17 @@ def _check_supported(cfg: dict, metadata: dict, weights: dict, folder: Path) -> 
     return architecture
 
 
-def load(folder: Path, center_input: Optional[bool] = None) -> SparseAutoencoder:
-    """Our SAE with SAELens's latents and reconstructions (`center_input` overrides the metadata's rule)."""
+def load(folder: Path, center_input: Optional[bool] = None, input_scale: float = 1.0) -> SparseAutoencoder:
+    """Our SAE with SAELens's latents and reconstructions.
+
+    `center_input` overrides the metadata's rule; `input_scale` is the constant of an
+    `expected_average_only_in` SAE (SAELens's `norm_scaling_factor`), which its files do not hold.
+    """
     cfg = json.loads((folder / CFG_NAME).read_text())
     metadata = _flat_metadata(cfg)
     weights = load_file(str(folder / WEIGHTS_NAME))
     architecture = _check_supported(cfg, metadata, weights, folder)
-    if cfg.get("normalize_activations") == "expected_average_only_in":
+    if cfg.get("normalize_activations") in ("expected_average_only_in", True) and input_scale == 1.0:
         logger.warning("%s: normalize_activations='expected_average_only_in': like SAE.load_from_disk, no scaling "
                        "is applied; scale the inputs yourself or set config.input_scale.", folder)
     pretrained_kwargs = metadata.get("model_from_pretrained_kwargs") or {}
@@ -84,7 +97,8 @@ def load(folder: Path, center_input: Optional[bool] = None) -> SparseAutoencoder
         norms = W_dec.norm(dim=-1)
         W_enc, b_enc, normalize_decoder = W_enc * norms, b_enc * norms, True
     config = {"activation": _ACTIVATIONS[architecture], "site": site, "center_input": center_input,
-              "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)), "normalize_decoder": normalize_decoder,
+              "input_scale": input_scale, "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+              "normalize_decoder": normalize_decoder,
               "base_model_name_or_path": hub_model_name(metadata.get("model_name"))}
     if architecture == "topk":
         config["k"] = int(cfg["k"])
