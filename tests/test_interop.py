@@ -81,6 +81,21 @@ def test_saelens_centring_follows_its_metadata(tmp_path):
         torch.testing.assert_close(ours(x).reconstruction, theirs(centred), **TIGHT)
 
 
+def test_saelens_topk_with_decoder_norm_rescaling(tmp_path):
+    """rescale_acts_by_decoder_norm: SAELens scales pre-activations by the decoder norms; ours folds them exactly."""
+    cls, config_cls, _ = SAELENS["topk"]
+    theirs = cls(config_cls(d_in=HIDDEN, d_sae=D_SAE, k=6, rescale_acts_by_decoder_norm=True,
+                            metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre", model_name="gpt2")))
+    _randomize(theirs, 5)
+    theirs.save_model(tmp_path)
+    ours = load_sae(tmp_path)
+    assert ours.config.normalize_decoder
+    x = _inputs()
+    with torch.no_grad():
+        _same_latents(ours.encode(x), theirs.encode(x))
+        torch.testing.assert_close(ours(x).reconstruction, theirs(x), **TIGHT)
+
+
 def test_saelens_constant_input_scaling(tmp_path):
     """expected_average_only_in with its constant: ours scales inputs as SAELens's from_pretrained folds it."""
     theirs = _saelens_sae("topk")
