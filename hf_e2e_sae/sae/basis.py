@@ -17,8 +17,6 @@ model's residual stream keeps its own basis.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from transformers import PretrainedConfig
 
@@ -57,7 +55,3 @@ def restore_token_mean(config: PretrainedConfig, hidden_states: torch.Tensor,
         return reconstruction
     return reconstruction + hidden_states.to(reconstruction.dtype).mean(dim=-1, keepdim=True)
 
-
-def token_mean(config: PretrainedConfig, hidden_states: torch.Tensor) -> Optional[torch.Tensor]:
-    """The per-token mean the SAE removes (None when it does not centre)."""
-    return hidden_states.mean(dim=-1, keepdim=True) if config.center_input else None
