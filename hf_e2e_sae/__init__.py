@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel
 
 from .evaluation import evaluate
 from .hub import push_run_to_hub, render_model_card
+from .interop import convert, export_sae, load_sae
 from .patching import ARCHITECTURES, ArchitectureSpec, SAEPatchedModel, SAEPatchedOutput, SiteOutput, register_architecture
 from .sae import ACTIVATIONS, SAEConfig, SAEOutput, Site, SparseAutoencoder, parse_site, register_activation
 from .training.losses import LossConfig, compute_losses, kl_divergence, mse_loss, sparsity_loss
@@ -22,6 +23,6 @@ AutoModel.register(SAEConfig, SparseAutoencoder, exist_ok=True)
 __all__ = [
     "ACTIVATIONS", "ARCHITECTURES", "ArchitectureSpec", "LossConfig", "SAEConfig", "SAEOutput",
     "SAEPatchedModel", "SAEPatchedOutput", "Site", "SiteOutput", "SparseAutoencoder", "compute_losses",
-    "evaluate", "kl_divergence", "mse_loss", "parse_site", "push_run_to_hub", "register_activation",
+    "convert", "evaluate", "export_sae", "load_sae", "kl_divergence", "mse_loss", "parse_site", "push_run_to_hub", "register_activation",
     "register_architecture", "render_model_card", "sparsity_loss",
 ]

@@ -130,9 +130,16 @@ COMMANDS: dict = {
     "train": ("train SAEs: train [CONFIG.yaml] [overrides] (no CONFIG: the offline demo)",
               lambda argv: run_train(argv)),
     "push": ("publish a saved run to the Hub: push OUTPUT_DIR REPO_ID [opts]", push_main),
+    "convert": ("convert an SAE between formats: convert SRC DST [--to saelens]", lambda argv: _convert(argv)),
     "bench": ("time and measure our training steps against a lower bound and sparsify: bench [--shape A]",
               lambda argv: _bench(argv)),
 }
+
+
+def _convert(argv: list) -> int:
+    from .interop.conversion import convert_main
+
+    return convert_main(argv)
 
 
 def _bench(argv: list) -> int:

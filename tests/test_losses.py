@@ -56,7 +56,7 @@ def test_presets_fill_only_missing_coefficients():
     from hf_e2e_sae.training.losses import SparsityLossConfig
     custom = LossConfig(preset="e2e", sparsity=SparsityLossConfig(coeff=0.7))
     assert custom.sparsity.coeff == 0.7
-    with pytest.raises(ValueError, match=r"preset\n.*'local', 'e2e' or 'e2e\+ds'"):
+    with pytest.raises(ValueError, match=r"preset\n.*'local', 'e2e', 'e2e\+ds' or 'finetune'"):
         LossConfig(preset="e2e_ds")
     with pytest.raises(ValueError, match="frozen"):
         custom.kl.coeff = 2.0  # validated once, never mutated

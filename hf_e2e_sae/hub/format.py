@@ -22,6 +22,7 @@ from transformers.utils import CONFIG_NAME, cached_file
 
 from ..sae.config import SAE_FORMAT_VERSION, SAEConfig
 from ..sae.finite import check_finite_weights
+from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
 from ..patching.base_models import config_hash, resolve_base_model
 from ..patching.patched_model import validate_sae_configs
@@ -167,7 +168,11 @@ def load_patched_model(
     path = str(pretrained_model_name_or_path)
     hub_kwargs = _hub_kwargs(revision, token, cache_dir, local_files_only)
     check_remote_code(base_model, base_model_kwargs, path)
-    manifest = read_manifest(path, subfolder=subfolder, **hub_kwargs)
+    try:
+        manifest = read_manifest(path, subfolder=subfolder, **hub_kwargs)
+    except (OSError, ValueError) as error:  # maybe a foreign format (hf_e2e_sae.interop re-raises if not)
+        return hub_function("load_foreign_patched_model")(cls, path, error, base_model, subfolder, revision, dtype,
+                                                          base_model_kwargs, token=token)
     folders = {site: _join(subfolder, sub) for site, sub in manifest["saes"].items()}
     configs = {site: _load_sae_config(path, folder, site, **hub_kwargs) for site, folder in folders.items()}
     if base_model is None or isinstance(base_model, (str, os.PathLike)):

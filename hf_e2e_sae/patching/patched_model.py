@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 
 from .base_models import config_hash, portable_base_name
 from .hooks import add_hook
+from ..sae.basis import restore_token_mean
 from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
 from ..sae.sites import parse_site
@@ -183,9 +184,10 @@ class SAEPatchedModel(nn.Module):
                 return None
             sae = self.saes[sae_key]
             out = sae(x.to(sae.dtype))
+            reconstruction = restore_token_mean(sae.config, x, out.reconstruction)  # the model's basis
             if self._records is not None:
-                self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=out.reconstruction)
-            return out.reconstruction.to(x.dtype)
+                self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=reconstruction)
+            return reconstruction.to(x.dtype)
 
         return rewrite
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 from transformers import PretrainedConfig
 
 from .activations import ACTIVATIONS
+from .basis import check_basis_options
 from .sites import parse_site
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ class SAEConfig(PretrainedConfig):
             Orthogonal decoder init (as the reference); otherwise PyTorch's Linear default.
         format_version (`int`, *optional*):
             Version of the hf_e2e_sae save format; newer than this library understands is an error.
+        k (`int`, *optional*):
+            Latents kept per token by the `"topk"` activation.
+        apply_b_dec_to_input (`bool`, *optional*, defaults to `False`):
+            Encode `x - b_dec` (SAELens `apply_b_dec_to_input`, sparsify); see `hf_e2e_sae.sae.basis`.
+        input_scale (`float`, *optional*, defaults to 1.0):
+            Constant the input is multiplied by before encoding (reconstructions are divided by it).
+        center_input (`bool`, *optional*, defaults to `False`):
+            Subtract each token's mean over features before encoding (TransformerLens `center_writing_weights`
+            basis); a patched model adds the mean back to the reconstruction.
+        normalize_decoder (`bool`, *optional*, defaults to `True`):
+            Divide each dictionary element by its L2 norm in the forward pass (the paper); False decodes with the
+            stored weights (SAEs imported from libraries that do not).
     """
 
     model_type = "hf_e2e_sae"
@@ -68,6 +81,11 @@ class SAEConfig(PretrainedConfig):
         base_model_config_hash: Optional[str] = None,
         init_decoder_orthogonal: bool = True,
         format_version: int = SAE_FORMAT_VERSION,
+        k: Optional[int] = None,
+        apply_b_dec_to_input: bool = False,
+        input_scale: float = 1.0,
+        center_input: bool = False,
+        normalize_decoder: bool = True,
         **kwargs: Any,
     ):
         unknown = sorted(set(kwargs) - _standard_config_keys())
@@ -100,4 +118,10 @@ class SAEConfig(PretrainedConfig):
         self.base_model_config_hash = base_model_config_hash
         self.init_decoder_orthogonal = init_decoder_orthogonal
         self.format_version = format_version
+        self.k = k
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.input_scale = input_scale
+        self.center_input = center_input
+        self.normalize_decoder = normalize_decoder
+        check_basis_options(self)
         super().__init__(**{k: v for k, v in kwargs.items() if k not in unknown})

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .activations import build_activation
+from .basis import prepare_input, undo_input_scale
 from .config import SAEConfig
 from .finite import check_finite_weights
 from .hub_interface import hub_function
@@ -69,12 +70,14 @@ class SparseAutoencoder(PreTrainedModel):
         return F.normalize(self.decoder.weight, dim=0).T
 
     def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """`(..., d_in) -> (..., dict_size)` latents."""
-        return self.activation(self.encoder(hidden_states))
+        """`(..., d_in) -> (..., dict_size)` latents (after the config's basis options, `hf_e2e_sae.sae.basis`)."""
+        return self.activation(self.encoder(prepare_input(self.config, hidden_states, self.decoder.bias)))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """`(..., dict_size) -> (..., d_in)` reconstruction with unit-norm dictionary elements."""
-        return F.linear(latents, F.normalize(self.decoder.weight, dim=0), self.decoder.bias)
+        """`(..., dict_size) -> (..., d_in)` reconstruction in the SAE's basis (unit-norm dictionary elements
+        unless `normalize_decoder=False`; no token mean added)."""
+        weight = F.normalize(self.decoder.weight, dim=0) if self.config.normalize_decoder else self.decoder.weight
+        return undo_input_scale(self.config, F.linear(latents, weight, self.decoder.bias))
 
     def forward(self, hidden_states: torch.Tensor, return_dict: bool = True) -> SAEOutput:
         latents = self.encode(hidden_states)

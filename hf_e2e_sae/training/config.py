@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from ..sae.sites import parse_site
 from .arguments import ConfigError, ConfigModel, load_config
 from .data import DataConfig
+from .finetune import check_init_from
 from .losses import LossConfig
 
 
@@ -41,6 +42,8 @@ class TrainConfig(ConfigModel):
     """Latent activation (see hf_e2e_sae.activations)."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
+    init_from: Optional[str] = None
+    """Start from this SAE (folder or Hub repo, any format hf_e2e_sae.load_sae reads); its site and width are used."""
     loss: LossConfig = Field(default_factory=LossConfig)
     """Loss preset and coefficients."""
     data: DataConfig = Field(default_factory=lambda: DataConfig(
@@ -135,6 +138,7 @@ def check_train_config(config: TrainConfig) -> None:
     for site in config.loss.downstream.sites:
         if parse_site(site).position <= last_sae:
             raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
+    check_init_from(config)
     if config.push_to_hub and not config.hub_repo_id:
         raise ValueError("push_to_hub is true but hub_repo_id is not set")
     if config.resume_from_checkpoint is not None and config.resume_from_checkpoint != "latest" \

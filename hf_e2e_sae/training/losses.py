@@ -16,11 +16,15 @@ from pydantic import BaseModel, Field, model_validator
 from .arguments import ConfigModel
 from .fused_kl import auto_chunk_tokens
 
+from .finetune import check_kl_balance, kl_scale
+
 # preset -> default coefficients (sparsity: the paper's layer-6 "similar CE" lambdas, Table 2)
 LOSS_PRESETS: dict = {
     "local": {"sparsity": 4.0, "reconstruction": 1.0, "kl": 0.0, "downstream": 0.0},
     "e2e": {"sparsity": 3.0, "reconstruction": 0.0, "kl": 1.0, "downstream": 0.0},
     "e2e+ds": {"sparsity": 50.0, "reconstruction": 0.0, "kl": 0.5, "downstream": 2.5},
+    # Karvonen (2025): KL + MSE fine-tuning of a trained SAE, KL balanced to the MSE (training/finetune.py)
+    "finetune": {"sparsity": 4.0, "reconstruction": 0.5, "kl": 0.5, "downstream": 0.0},
 }
 
 
@@ -42,6 +46,9 @@ class KLLossConfig(ConfigModel):
     chunk_tokens: Optional[int] = Field(None, ge=1)
     """Tokens per chunk of the KL computation (memory: about 3 x chunk_tokens x vocab floats); null: a budget
     of 128 x 50,257 elements on CPUs and 2,048 x 50,257 on GPUs (`fused_kl.auto_chunk_tokens`)."""
+    balance: Optional[bool] = None
+    """Rescale the KL each step so its contribution is coeff / reconstruction.coeff times the MSE's (null: on for
+    the finetune preset, off otherwise)."""
 
 
 class DownstreamLossConfig(ConfigModel):
@@ -55,8 +62,8 @@ _TERMS = ("sparsity", "reconstruction", "kl", "downstream")
 
 
 class LossConfig(ConfigModel):
-    preset: Literal["local", "e2e", "e2e+ds"] = "e2e"
-    """One of local, e2e, e2e+ds; fills every coefficient that is not given."""
+    preset: Literal["local", "e2e", "e2e+ds", "finetune"] = "e2e"
+    """One of local, e2e, e2e+ds, finetune; fills every coefficient that is not given."""
     sparsity: SparsityLossConfig = Field(default_factory=SparsityLossConfig)
     """Sparsity term: mean over tokens of ||c||_p / d_in."""
     reconstruction: CoeffConfig = Field(default_factory=CoeffConfig)
@@ -80,6 +87,8 @@ class LossConfig(ConfigModel):
             if isinstance(term, dict) and term.get("coeff") is None:
                 term["coeff"] = defaults[name]
             data[name] = term
+        if isinstance(data["kl"], dict) and data["kl"].get("balance") is None:
+            data["kl"]["balance"] = data.get("preset") == "finetune"  # finetune balances the KL to the MSE
         return data
 
     @model_validator(mode="after")
@@ -89,6 +98,7 @@ class LossConfig(ConfigModel):
                 raise ValueError(f"loss.{name}.coeff must be >= 0, got {getattr(self, name).coeff}")
         if self.sparsity.p <= 0:
             raise ValueError(f"loss.sparsity.p must be > 0, got {self.sparsity.p}")
+        check_kl_balance(self)
         return self
 
     @property
@@ -201,7 +211,7 @@ def compute_losses(
         chunk = config.kl.chunk_tokens or auto_chunk_tokens(sae_logits.shape[-1], sae_logits.device) \
             if kl_term is None else None
         terms["kl"] = kl_term if kl_term is not None else kl_divergence(orig_logits, sae_logits, mask, chunk)
-        total = total + config.kl.coeff * terms["kl"]
+        total = total + config.kl.coeff * kl_scale(config, terms) * terms["kl"]
     if config.downstream.coeff > 0:
         per_site = [mse_loss(sae_downstream[s], orig_downstream[s], mask) for s in orig_downstream]
         if not per_site:

@@ -33,6 +33,7 @@ from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
 from .data import build_datasets, create_dataloader, skip_samples
 from ..evaluation.metrics import evaluate
+from .finetune import load_initial_sae
 from .losses import default_downstream_sites
 from ..sae.model import SparseAutoencoder
 from ..patching.base_models import portable_base_name, resolve_base_model
@@ -61,10 +62,13 @@ def lr_lambda(config: TrainConfig):
 
 def build_patched_model(config: TrainConfig) -> tuple:
     """Load the frozen base model and tokenizer; create seeded SAEs at the configured sites."""
+    initial = load_initial_sae(config) if config.init_from else None  # fine-tuning: read and check it first
     base_cfg = config.base_model
     where = resolve_base_model(base_cfg.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(where, revision=base_cfg.revision)
     base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype))
+    if initial is not None:
+        return SAEPatchedModel(base, {config.sites[0]: initial}), tokenizer
     saes = {}
     for i, site in enumerate(config.sites):
         set_seed(config.seed + i)  # identical on every process
