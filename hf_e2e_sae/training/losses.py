@@ -116,8 +116,8 @@ def token_weights(mask: Optional[torch.Tensor], shape: torch.Size, device) -> to
 
 def sparsity_loss(latents: torch.Tensor, p: float, d_in: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean over tokens of ||c||_p / d_in. latents: (batch, seq, dict_size)."""
-    if p == 1:  # the paper's L1: a plain sum, cheaper than linalg.vector_norm
-        norms = latents.float().abs().sum(dim=-1).reshape(-1)  # (tokens,)
+    if p == 1:  # the paper's L1: a plain sum accumulated in float32, without a float32 copy of the latents
+        norms = latents.abs().sum(dim=-1, dtype=torch.float32).reshape(-1)  # (tokens,)
     else:
         norms = torch.linalg.vector_norm(latents.float(), ord=p, dim=-1).reshape(-1)
     return (norms * token_weights(mask, latents.shape[:-1], latents.device)).sum() / d_in
