@@ -18,7 +18,7 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(_python_block_after("## Quickstart"), "README-quickstart", "exec"), scope)
     assert scope["metrics"]["n_tokens"] == scope["ids"].numel()
-    assert (tmp_path / "my-sae" / "model.safetensors").exists()
+    assert (tmp_path / "outputs" / "my-sae" / "model.safetensors").exists()
     assert all(p.grad is None for p in scope["base"].parameters())
     assert scope["latents"].shape[-1] == 1024
 
