@@ -9,6 +9,8 @@ USAGE = """usage: hf-e2e-sae COMMAND [ARGS]
 commands:
   train [CONFIG.yaml] [overrides]   train SAEs (see `hf-e2e-sae train --help`)
   push OUTPUT_DIR REPO_ID [opts]    publish a saved run to the Hub (see `hf-e2e-sae push --help`)
+  browse RUN [RUN...] --out DIR     static feature browser for saved SAEs (see `hf-e2e-sae browse --help`)
+  geometry RUN RUN [RUN...] --out DIR  decoder geometry (within SAE, across types, across seeds)
 """
 
 
@@ -26,6 +28,10 @@ def main(argv: Optional[list] = None) -> int:
         from .hub.push import push_main
 
         return push_main(rest)
+    if command in ("browse", "geometry"):  # hf_e2e_sae/analysis/
+        from .analysis.commands import COMMANDS
+
+        return COMMANDS[command](rest)
     sys.stderr.write(f"unknown command {command!r}\n{USAGE}")
     return 2
 
