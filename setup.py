@@ -19,7 +19,8 @@ setup(
     # The model card template lives in the top-level model_cards/ folder and ships inside the package.
     package_dir={"hf_e2e_sae.model_cards": "model_cards"},
     package_data={"hf_e2e_sae.model_cards": ["*.jinja", "*.md"],
-                  "hf_e2e_sae": ["assets/*.yaml", "assets/tiny_lm/*"]},
+                  "hf_e2e_sae": ["assets/*.yaml", "assets/tiny_lm/*", "evaluation/browser/assets/*",
+                                 "evaluation/fidelity_metric/*"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=4.56",
@@ -30,9 +31,10 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.60",
         "jinja2>=3.0",
+        "evaluate>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7.0"],
+        "test": ["pytest>=7.0", "playwright>=1.40"],  # playwright drives Debian's chromium (see .ci/run)
         "examples": ["matplotlib>=3.5", "tensorboard"],
     },
     entry_points={"console_scripts": ["hf-e2e-sae=hf_e2e_sae.cli:main"]},

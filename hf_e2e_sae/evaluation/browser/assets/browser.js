@@ -58,7 +58,7 @@ var BROWSER = (function () {
 
   function matches(row, query) {
     if (!query) return true;
-    if (/^\d+$/.test(query) && row[0] === Number(query)) return true;
+    if (/^#?\d+$/.test(query)) return row[0] === Number(query.replace("#", ""));  // a number: that feature
     var q = query.toLowerCase();
     return row[4].concat(row[5]).some(function (id) { return tokenText(id).toLowerCase().indexOf(q) >= 0; });
   }
@@ -216,7 +216,8 @@ var BROWSER = (function () {
     }
     section.appendChild(el("h3", {text: "Top activating contexts"}));
     if (!detail.c.length) section.appendChild(el("p", {class: "sub", text: "Never fired on the evaluated tokens."}));
-    detail.c.forEach(function (ctx) { section.appendChild(contextLine(ctx, row[3])); });
+    var top = detail.c.length ? detail.c[0][1][detail.c[0][2]] : 0;  // the strongest shown activation = full colour
+    detail.c.forEach(function (ctx) { section.appendChild(contextLine(ctx, top)); });
     return section;
   }
 
