@@ -120,3 +120,21 @@ def test_gradients_flow_through_a_steered_sae():
     sae = model.sae(SITE)
     assert sae.encoder.weight.grad is not None and sae.decoder.weight.grad[:, 0].abs().sum() > 0
     assert all(p.grad is None for p in model.base_model.parameters())
+
+
+def test_readme_steering_and_evaluate_blocks_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [re.search(r"```python\n(.*?)```", text[text.index(h):], re.S).group(1)
+              for h in ("### Steering and ablation", "### `evaluate` integration")]
+    scope: dict = {}
+    exec(compile(blocks[0], "README-steering", "exec"), scope)
+    model, ids = scope["model"], scope["ids"]
+    plain = model.generate(ids, max_new_tokens=20, do_sample=False)
+    assert scope["steered"].shape == plain.shape and not torch.equal(scope["steered"], plain)
+    assert scope["ablated"].sae_outputs["blocks.2.resid_pre"].latents[..., [5, 17]].abs().sum() == 0
+    assert model._interventions is None
+    exec(compile(blocks[1], "README-evaluate", "exec"), scope)
+    assert scope["results"]["n_tokens"] == ids.numel() and scope["results"]["l0"] > 0
