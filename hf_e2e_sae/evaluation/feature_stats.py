@@ -54,6 +54,7 @@ class FeatureStats:
     vocab: dict = field(default_factory=dict)
     logits: dict = field(default_factory=dict)
     label: str = ""
+    decoder: Optional[torch.Tensor] = None  # unit-norm dictionary (dict_size, d_in), for nearest-feature links; not saved
 
     @property
     def dict_size(self) -> int:

@@ -41,9 +41,8 @@ class SiteIntervention:
 def _checked_indices(sae: SparseAutoencoder, site: str, indices: Iterable) -> list:
     out = []
     for index in indices:
-        if isinstance(index, bool) or not isinstance(index, int) and not (
-            isinstance(index, torch.Tensor) and index.ndim == 0
-        ):
+        is_int = isinstance(index, int) or (isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point())
+        if isinstance(index, bool) or not is_int:
             raise TypeError(f"Feature indices for {site!r} must be ints, got {index!r}")
         index = int(index)
         if not 0 <= index < sae.config.dict_size:

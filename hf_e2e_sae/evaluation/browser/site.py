@@ -34,8 +34,10 @@ def _js(target: str, value) -> str:
     return target + "=" + text + ";\n"
 
 
-def _round(values: torch.Tensor, digits: int = 4) -> list:
-    return [float(f"{v:.{digits}g}") for v in values.tolist()]
+def _round(values: torch.Tensor, digits: int = 4) -> torch.Tensor:
+    """Values rounded to `digits` decimals, as float64 (short JSON)."""
+    scale = 10.0 ** digits
+    return (values.double() * scale).round() / scale
 
 
 def _top_tokens(stats: FeatureStats, feature: int) -> list:
@@ -59,34 +61,42 @@ def _index_rows(stats: FeatureStats, links: dict) -> list:
     return rows
 
 
-def _contexts(stats: FeatureStats, feature: int) -> list:
-    """[[token ids], [activations], position of the max] per top context, windows cut at sequence ends."""
+def _shard_details(stats: FeatureStats, features: range, tokens: list) -> list:
+    """Per feature: {"h": histogram, "m": top activation, "c": contexts, "lt"/"lb": logit effects}.
+
+    A context is `[token ids, activations in thousandths of "m", index of the activating token]`, cut where its
+    sequence ends (integers keep the shards small and quick to write and parse)."""
     left, right = stats.window
-    out = []
-    for j, index in enumerate(stats.top_index[feature].tolist()):
-        if index < 0:
-            continue
-        row_start = index - index % stats.seq_len
-        lo, hi = max(row_start, index - left), min(row_start + stats.seq_len, index + right + 1)
-        acts = stats.top_window[feature, j, lo - (index - left): hi - (index - left)]
-        out.append([stats.tokens[lo:hi].tolist(), _round(acts, 3), index - lo])
-    return out
-
-
-def _feature_detail(stats: FeatureStats, feature: int) -> dict:
-    detail = {"h": stats.hist[feature].tolist(), "c": _contexts(stats, feature)}
-    if stats.logits:
-        detail["lt"] = [stats.logits["logit_top_ids"][feature].tolist(), _round(stats.logits["logit_top_values"][feature])]
-        detail["lb"] = [stats.logits["logit_bottom_ids"][feature].tolist(),
-                        _round(stats.logits["logit_bottom_values"][feature])]
-    return detail
+    sel = slice(features.start, features.stop)
+    top = stats.top_values[sel, :1]
+    permille = (stats.top_window[sel] / top.clamp(min=1e-30).unsqueeze(-1) * 1000).round().int().tolist()
+    index, hist = stats.top_index[sel].tolist(), stats.hist[sel].tolist()
+    tops = _round(top[:, 0], 6).tolist()
+    logits = {k: (stats.logits[f"logit_{k}_ids"][sel].tolist(), _round(stats.logits[f"logit_{k}_values"][sel]).tolist())
+              for k in ("top", "bottom") if f"logit_{k}_ids" in stats.logits}
+    details = []
+    for i in range(len(features)):
+        contexts = []
+        for j, at in enumerate(index[i]):
+            if at < 0:
+                continue
+            row_start = at - at % stats.seq_len
+            lo, hi = max(row_start, at - left), min(row_start + stats.seq_len, at + right + 1)
+            contexts.append([tokens[lo:hi], permille[i][j][lo - (at - left): hi - (at - left)], at - lo])
+        detail = {"h": hist[i], "m": tops[i], "c": contexts}
+        if logits:
+            detail["lt"] = [logits["top"][0][i], logits["top"][1][i]]
+            detail["lb"] = [logits["bottom"][0][i], logits["bottom"][1][i]]
+        details.append(detail)
+    return details
 
 
 def _write_shards(stats: FeatureStats, k: int, data: Path) -> None:
     folder = data / f"sae{k}"
     folder.mkdir(parents=True, exist_ok=True)
+    tokens = stats.tokens.tolist()
     for shard, start in enumerate(range(0, stats.dict_size, SHARD)):
-        details = [_feature_detail(stats, f) for f in range(start, min(start + SHARD, stats.dict_size))]
+        details = _shard_details(stats, range(start, min(start + SHARD, stats.dict_size)), tokens)
         (folder / f"shard-{shard}.js").write_text(f"BROWSER.addShard({k},{shard},{json.dumps(details, separators=(',', ':'))});\n")
 
 

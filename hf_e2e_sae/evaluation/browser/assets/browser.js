@@ -174,10 +174,11 @@ var BROWSER = (function () {
     return svg;
   }
 
-  function contextLine(ctx, maxAct) {
-    var line = el("div", {class: "ctx"}, [el("span", {class: "ctxval", text: fmt(ctx[1][ctx[2]])})]);
+  // ctx = [token ids, activations in thousandths of the feature's top activation `top`, index of the activating token]
+  function contextLine(ctx, top) {
+    var line = el("div", {class: "ctx"}, [el("span", {class: "ctxval", text: fmt(ctx[1][ctx[2]] * top / 1000)})]);
     ctx[0].forEach(function (id, i) {
-      var a = ctx[1][i], alpha = maxAct > 0 ? Math.min(1, a / maxAct) : 0;
+      var a = ctx[1][i] * top / 1000, alpha = Math.min(1, ctx[1][i] / 1000);
       var span = el("span", {class: "tok" + (i === ctx[2] ? " max" : ""), title: "activation " + fmt(a), text: tokenText(id)});
       span.setAttribute("data-act", a);
       if (a > 0) span.style.backgroundColor = "rgba(255, 128, 0, " + alpha.toFixed(3) + ")";
@@ -216,8 +217,7 @@ var BROWSER = (function () {
     }
     section.appendChild(el("h3", {text: "Top activating contexts"}));
     if (!detail.c.length) section.appendChild(el("p", {class: "sub", text: "Never fired on the evaluated tokens."}));
-    var top = detail.c.length ? detail.c[0][1][detail.c[0][2]] : 0;  // the strongest shown activation = full colour
-    detail.c.forEach(function (ctx) { section.appendChild(contextLine(ctx, top)); });
+    detail.c.forEach(function (ctx) { section.appendChild(contextLine(ctx, detail.m)); });  // strongest = full colour
     return section;
   }
 
