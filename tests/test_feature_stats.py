@@ -117,3 +117,11 @@ def test_direct_logit_effects_match_the_matrix_product():
     torch.testing.assert_close(effects["logit_top_values"], top.values)
     assert torch.equal(effects["logit_bottom_ids"].long(), bottom.indices)
     torch.testing.assert_close(effects["logit_bottom_values"], bottom.values)
+
+
+def test_save_refuses_non_finite_values(tmp_path):
+    stats = compute_feature_stats(patched(), [random_ids(batch=1, seq=8)], top_n=2, progress=False)[SITE]
+    stats.act_sum[0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.save(tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -39,7 +39,7 @@ def test_duplicated_features_are_found_and_the_report_has_the_paper_comparisons(
     report = geometry_report({"local (seed 1)": (dup, "local", 1), "local (seed 2)": (base, "local", 2),
                               "e2e (seed 1)": (torch.randn(30, 8), "e2e", 1)})
     assert set(report["within"]) == {"local (seed 1)", "local (seed 2)", "e2e (seed 1)"}
-    assert set(report["cross_type"]) == {"local -> e2e", "e2e -> local"}
+    assert set(report["cross_type"]) == {"local -> e2e", "e2e -> local", "e2e -> local (other seed)"}
     assert report["cross_type"]["e2e -> local"].shape == (30,)
     assert set(report["cross_seed"]) == {"local"}
     assert torch.allclose(report["cross_seed"]["local"], torch.ones(45))  # every feature of seed 1 exists in seed 2
@@ -68,4 +68,4 @@ def test_geometry_command_on_saved_runs(tmp_path):
         assert (tmp_path / "geo" / name).stat().st_size > 0, name
     summary = json.loads((tmp_path / "geo" / "geometry.json").read_text())
     assert set(summary["within"]) == {"local (seed 1)", "local (seed 2)", "e2e (seed 1)"}
-    assert summary["cross_seed"]["local"]["n"] == 96 and set(summary["cross_type"]) == {"local -> e2e", "e2e -> local"}
+    assert summary["cross_seed"]["local"]["n"] == 96 and set(summary["cross_type"]) == {"local -> e2e", "e2e -> local", "e2e -> local (other seed)"}

@@ -6,7 +6,8 @@
 
 All similarities are cosines between unit-norm dictionary elements (decoder columns). The report has three
 families of distributions of "max cosine similarity": within each SAE, across SAE types (one SAE per type,
-the lowest seed, each direction), and across seeds of one type. `plot_geometry` draws them with matplotlib.
+the lowest seed, each direction; and against the other type's second seed, since SAEs trained with one seed
+start from one initialisation), and across seeds of one type. `plot_geometry` draws them with matplotlib.
 """
 from __future__ import annotations
 
@@ -63,11 +64,15 @@ def geometry_report(dictionaries: Mapping) -> dict:
     report: dict = {"within": {}, "cross_type": {}, "cross_seed": {}}
     for name, (directions, _, _) in dictionaries.items():
         report["within"][name] = nearest_features(directions)[0]
-    firsts = {kind: names[0] for kind, names in by_type.items()}
-    for kind_a, a in firsts.items():
-        for kind_b, b in firsts.items():
-            if kind_a != kind_b:
-                report["cross_type"][f"{kind_a} -> {kind_b}"] = nearest_features(dictionaries[a][0], dictionaries[b][0])[0]
+    for kind_a, names_a in by_type.items():
+        for kind_b, names_b in by_type.items():
+            if kind_a == kind_b:
+                continue
+            a, b = dictionaries[names_a[0]][0], dictionaries[names_b[0]][0]
+            report["cross_type"][f"{kind_a} -> {kind_b}"] = nearest_features(a, b)[0]
+            if len(names_b) >= 2:  # SAEs of one seed share their initialisation: also compare across seeds
+                other = dictionaries[names_b[1]][0]
+                report["cross_type"][f"{kind_a} -> {kind_b} (other seed)"] = nearest_features(a, other)[0]
     for kind, names in by_type.items():
         if len(names) >= 2:
             report["cross_seed"][kind] = nearest_features(dictionaries[names[0]][0], dictionaries[names[1]][0])[0]
