@@ -86,7 +86,7 @@ def test_index_lists_features_search_filters_and_dead_features_are_marked(site, 
     assert "dead" in dead.first.locator(".badge").text_content()
     link = first.locator("tbody tr").nth(0).locator("a").first.get_attribute("href")
     assert link == "feature.html#sae=0&f=0"
-    nearest = first.locator("tbody tr").nth(0).locator("td").last.locator("a")
+    nearest = first.locator("tbody tr").nth(0).locator("td.nearest a")
     index, _ = nearest_links(stats_list)[(0, 1)]
     assert nearest.get_attribute("href") == f"feature.html#sae=1&f={int(index[0])}"
 
@@ -98,7 +98,7 @@ def test_index_lists_features_search_filters_and_dead_features_are_marked(site, 
     assert all("t7" in r.text_content() for r in rows)
     first.locator("input.search").fill("")
     first.locator("th", has_text="density").click()  # numeric columns sort descending first
-    densities = [float(r.locator("td").nth(1).text_content()) for r in first.locator("tbody tr").all()[:10]]
+    densities = [float(r.locator("td.num").first.text_content()) for r in first.locator("tbody tr").all()[:10]]
     assert densities == sorted(densities, reverse=True) and densities[0] > 0
     assert page.console_problems == []
 

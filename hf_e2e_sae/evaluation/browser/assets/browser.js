@@ -65,7 +65,7 @@ var BROWSER = (function () {
 
   function listPanel(k) {
     var meta = BROWSER_META.saes[k], rows = BROWSER_INDEX[k];
-    var state = {query: "", sort: 0, asc: true, page: 0, hideDead: false};
+    var state = {query: "", sort: COLUMNS[0], asc: true, page: 0, hideDead: false};
     var others = BROWSER_META.saes.map(function (_, j) { return j; }).filter(function (j) { return j !== k; });
     var section = el("section", {id: "sae-" + k});
     section.appendChild(el("h2", {text: meta.label}));
@@ -81,18 +81,20 @@ var BROWSER = (function () {
     var body = el("tbody");
     table.appendChild(body);
     section.appendChild(table);
-    COLUMNS.concat(others.map(function (j) { return {name: "nearest in " + BROWSER_META.saes[j].label, other: j}; }))
-      .forEach(function (col, i) {
-        var th = el("th", {text: col.name});
-        if (col.get) th.addEventListener("click", function () {
-          state.asc = state.sort === i ? !state.asc : !col.num;
-          state.sort = i; state.page = 0; render();
-        });
-        headRow.appendChild(th);
+    // Nearest-feature columns come right after the id, so they stay in view when two lists share the width.
+    var nearestCols = others.map(function (j) { return {name: "nearest in " + BROWSER_META.saes[j].label + " (cos)", other: j}; });
+    var headerCols = [COLUMNS[0]].concat(nearestCols, COLUMNS.slice(1));
+    headerCols.forEach(function (col) {
+      var th = el("th", {text: col.name});
+      if (col.get) th.addEventListener("click", function () {
+        state.asc = state.sort === col ? !state.asc : !col.num;
+        state.sort = col; state.page = 0; render();
       });
+      headRow.appendChild(th);
+    });
 
     function render() {
-      var col = COLUMNS[state.sort];
+      var col = state.sort;
       var shown = rows.filter(function (r) { return matches(r, state.query) && !(state.hideDead && r[1] === 0); });
       shown.sort(function (a, b) {
         var x = col.get(a), y = col.get(b);
@@ -104,22 +106,22 @@ var BROWSER = (function () {
       info.textContent = shown.length + " features \u00b7 page " + (state.page + 1) + " / " + pages;
       prev.disabled = state.page === 0; next.disabled = state.page >= pages - 1;
       Array.prototype.forEach.call(headRow.children, function (th, i) {
-        th.className = i === state.sort ? "sorted" + (state.asc ? " asc" : "") : "";
+        th.className = headerCols[i] === state.sort ? "sorted" + (state.asc ? " asc" : "") : "";
       });
       body.textContent = "";
       shown.slice(state.page * PAGE, (state.page + 1) * PAGE).forEach(function (r) {
         var link = el("td", {}, [el("a", {href: featureHref(k, r[0]), text: "#" + r[0]})]);
         if (r[1] === 0) link.appendChild(el("span", {class: "badge", text: "dead"}));
-        var tr = el("tr", {class: r[1] === 0 ? "dead" : "alive", "data-feature": r[0]}, [link,
+        var nearest = others.map(function (j) {
+          var link2 = r[6][String(j)];
+          return el("td", {class: "nearest"}, link2 ? [el("a", {href: featureHref(j, link2[0]), text: "#" + link2[0]}),
+            " " + link2[1].toFixed(2)] : []);
+        });
+        var tr = el("tr", {class: r[1] === 0 ? "dead" : "alive", "data-feature": r[0]}, [link].concat(nearest, [
           el("td", {class: "num", text: fmt(r[1])}), el("td", {class: "num", text: fmt(r[2])}),
           el("td", {class: "num", text: fmt(r[3])}),
-          el("td", {}, r[4].map(function (id) { return el("span", {class: "tokchip", text: tokenText(id)}); })),
-          el("td", {}, r[5].map(function (id) { return el("span", {class: "tokchip", text: tokenText(id)}); }))]);
-        others.forEach(function (j) {
-          var link2 = r[6][String(j)];
-          tr.appendChild(el("td", {}, link2 ? [el("a", {href: featureHref(j, link2[0]), text: "#" + link2[0]}),
-            " (cos " + link2[1].toFixed(2) + ")"] : []));
-        });
+          el("td", {class: "toks"}, r[4].map(function (id) { return el("span", {class: "tokchip", text: tokenText(id)}); })),
+          el("td", {class: "toks"}, r[5].map(function (id) { return el("span", {class: "tokchip", text: tokenText(id)}); }))]));
         body.appendChild(tr);
       });
     }
