@@ -103,17 +103,22 @@ def plot_geometry(report: dict, out_dir) -> list:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    bins = torch.linspace(-0.2, 1.0, 61).tolist()
     for family, entries in report.items():
         if not entries:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        bins = torch.linspace(-0.2, 1.0, 61).tolist()
-        for name, values in entries.items():
-            ax.hist(values.numpy(), bins=bins, histtype="step", density=True, linewidth=1.5, label=name)
-        ax.set_xlabel("max cosine similarity")
-        ax.set_ylabel("density")
-        ax.set_title(titles[family], fontsize=10)
-        ax.legend(fontsize=8)
+        # Comparisons against another seed go in a panel of their own (same-seed SAEs share their init).
+        panels = [{n: v for n, v in entries.items() if not n.endswith("(other seed)")},
+                  {n: v for n, v in entries.items() if n.endswith("(other seed)")}]
+        panels = [p for p in panels if p]
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 3.6), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            for name, values in panel.items():
+                ax.hist(values.numpy(), bins=bins, histtype="step", density=True, linewidth=1.5, label=name)
+            ax.set_xlabel("max cosine similarity")
+            ax.set_ylabel("density")
+            ax.legend(fontsize=8)
+        fig.suptitle(titles[family], fontsize=10)
         fig.tight_layout()
         path = out_dir / f"{family}.png"
         fig.savefig(path, dpi=110)
