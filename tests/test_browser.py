@@ -135,20 +135,26 @@ def test_feature_page_highlights_contexts_in_proportion_and_links_the_other_sae(
     assert page.console_problems == []
 
 
-def test_browse_command_on_a_saved_run_and_rebuild_from_stats(tmp_path):
-    base_dir = tmp_path / "run" / "final"
-    torch.manual_seed(0)
-    from hf_e2e_sae.patching.base_models import TINY_LM_DIR
+def save_run(folder: Path) -> Path:
+    """A saved run like the trainer's final/: an SAE of the built-in tiny model plus a train_config.yaml."""
     from transformers import AutoModelForCausalLM
 
+    from hf_e2e_sae.patching.base_models import TINY_LM_DIR
+
+    torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(TINY_LM_DIR))
     sae = SparseAutoencoder(SAEConfig(d_in=base.config.hidden_size, dict_size=200, site="blocks.2.resid_pre",
                                       base_model_name_or_path="builtin:tiny-shakespeare-gpt2"))
-    SAEPatchedModel(base, sae).save_pretrained(base_dir)
+    SAEPatchedModel(base, sae).save_pretrained(folder)
     config = {"loss": {"preset": "local"}, "seed": 3,
               "data": {"path": "builtin:shakespeare", "split": "train", "eval_split": "test", "context_length": 64}}
-    (base_dir / "train_config.yaml").write_text(yaml.safe_dump(config))
-    assert cli_main(["browse", str(base_dir), "--out", str(tmp_path / "site"), "--n-tokens", "640", "--top-n", "4"]) == 0
+    (folder / "train_config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def test_browse_command_on_a_saved_run_and_rebuild_from_stats(tmp_path):
+    run = save_run(tmp_path / "run" / "final")
+    assert cli_main(["browse", str(run), "--out", str(tmp_path / "site"), "--n-tokens", "640", "--top-n", "4"]) == 0
     data = tmp_path / "site" / "data"
     assert (tmp_path / "site" / "index.html").is_file() and len(list((data / "sae0").glob("shard-*.js"))) == 4
     meta = (data / "meta.js").read_text()
@@ -156,3 +162,15 @@ def test_browse_command_on_a_saved_run_and_rebuild_from_stats(tmp_path):
     assert browse_main(["--from-stats", str(tmp_path / "site" / "stats"), "--out", str(tmp_path / "again")]) == 0
     for name in ("meta.js", "index-0.js", "vocab.js", "sae0/shard-3.js"):
         assert (tmp_path / "again" / "data" / name).read_text() == (data / name).read_text()
+
+
+def test_browse_a_hub_repo(hub, hf_cache, hf_token, tmp_path):
+    from hf_e2e_sae.hub.push import push_run_to_hub
+
+    run = save_run(tmp_path / "run" / "final")
+    repo_id = hub.unique_repo_id("browse")
+    push_run_to_hub(run, repo_id)
+    assert cli_main(["browse", repo_id, "--out", str(tmp_path / "site"), "--n-tokens", "320"]) == 0
+    assert cli_main(["browse", str(run), "--out", str(tmp_path / "local"), "--n-tokens", "320"]) == 0
+    for name in ("index-0.js", "sae0/shard-0.js"):  # the repo's train_config.yaml named the same held-out data
+        assert (tmp_path / "site" / "data" / name).read_text() == (tmp_path / "local" / "data" / name).read_text()
