@@ -162,6 +162,9 @@ def test_browse_command_on_a_saved_run_and_rebuild_from_stats(tmp_path):
     assert browse_main(["--from-stats", str(tmp_path / "site" / "stats"), "--out", str(tmp_path / "again")]) == 0
     for name in ("meta.js", "index-0.js", "vocab.js", "sae0/shard-3.js"):
         assert (tmp_path / "again" / "data" / name).read_text() == (data / name).read_text()
+    # More tokens than the held-out plays hold: one clear error, nothing written.
+    assert cli_main(["browse", str(run), "--out", str(tmp_path / "big"), "--n-tokens", "10000000"]) == 2
+    assert not (tmp_path / "big").exists()
 
 
 def test_browse_a_hub_repo(hub, hf_cache, hf_token, tmp_path):

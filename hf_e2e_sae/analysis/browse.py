@@ -122,10 +122,14 @@ def browse_main(argv: Optional[list] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.time()
-    if args.from_stats:
-        stats_list, links = load_all(Path(args.from_stats))
-        index = write_site(stats_list, args.out, nearest=links)
-    else:
-        index = browse(args.runs, args.out, args.n_tokens, args)
+    try:
+        if args.from_stats:
+            stats_list, links = load_all(Path(args.from_stats))
+            index = write_site(stats_list, args.out, nearest=links)
+        else:
+            index = browse(args.runs, args.out, args.n_tokens, args)
+    except (ValueError, OSError) as error:  # bad run, too little held-out data, ...: one clear line
+        sys.stderr.write(f"hf-e2e-sae browse: {error}\n")
+        return 2
     sys.stdout.write(f"Feature browser: {Path(index).resolve()} ({time.time() - start:.1f} s)\n")
     return 0

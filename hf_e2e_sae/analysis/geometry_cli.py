@@ -66,7 +66,11 @@ def geometry_main(argv: Optional[list] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dictionaries = {}
     for run in args.runs:
-        name, entry, n_dead = run_dictionary(run, args.site, args.alive_tokens)
+        try:
+            name, entry, n_dead = run_dictionary(run, args.site, args.alive_tokens)
+        except (ValueError, OSError, KeyError) as error:
+            sys.stderr.write(f"hf-e2e-sae geometry: {run}: {error}\n")
+            return 2
         if name in dictionaries:
             name = f"{name} [{run}]"
         dictionaries[name] = entry
