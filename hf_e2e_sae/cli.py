@@ -131,6 +131,9 @@ COMMANDS: dict = {
               lambda argv: run_train(argv)),
     "push": ("publish a saved run to the Hub: push OUTPUT_DIR REPO_ID [opts]", push_main),
     "convert": ("convert an SAE between formats: convert SRC DST [--to saelens]", lambda argv: _convert(argv)),
+    "browse": ("static feature browser for saved SAEs: browse RUN [RUN...] --out DIR", lambda argv: _analysis("browse", argv)),
+    "geometry": ("decoder geometry (within SAE, across types and seeds): geometry RUN RUN [RUN...] --out DIR",
+                 lambda argv: _analysis("geometry", argv)),
     "bench": ("time and measure our training steps against a lower bound and sparsify: bench [--shape A]",
               lambda argv: _bench(argv)),
 }
@@ -140,6 +143,12 @@ def _convert(argv: list) -> int:
     from .interop.conversion import convert_main
 
     return convert_main(argv)
+
+
+def _analysis(command: str, argv: list) -> int:
+    from .analysis.commands import COMMANDS as ANALYSIS_COMMANDS
+
+    return ANALYSIS_COMMANDS[command](argv)
 
 
 def _bench(argv: list) -> int:

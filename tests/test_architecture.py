@@ -15,7 +15,8 @@ ALLOWED = {
     "training": {"sae", "patching", "evaluation"},
     "hub": {"sae", "patching", "evaluation", "training"},
     "interop": {"sae", "patching", "evaluation", "training", "hub"},
-    "cli": {"sae", "patching", "evaluation", "training", "hub", "interop"},
+    "analysis": {"sae", "patching", "evaluation", "training", "hub"},
+    "cli": {"sae", "patching", "evaluation", "training", "hub", "interop", "analysis"},
 }
 
 

@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 from .base_models import config_hash, portable_base_name
 from .hooks import add_hook
 from ..sae.basis import restore_token_mean
+from .interventions import InterventionsMixin
 from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
 from ..sae.sites import parse_site
@@ -131,7 +132,7 @@ def validate_sae_configs(base_config, sae_configs: Mapping) -> None:
             raise ValueError(f"SAE for {site!r} has d_in={config.d_in}, but the base model's hidden size is {width}.")
 
 
-class SAEPatchedModel(nn.Module):
+class SAEPatchedModel(InterventionsMixin, nn.Module):
     """A frozen causal LM plus one or more SAEs at distinct sites.
 
     Args:
@@ -184,6 +185,8 @@ class SAEPatchedModel(nn.Module):
                 return None
             sae = self.saes[sae_key]
             out = sae(x.to(sae.dtype))
+            if self._interventions:  # steer() / ablate() (patching/interventions.py)
+                out = self.intervene(site, out)
             reconstruction = restore_token_mean(sae.config, x, out.reconstruction)  # the model's basis
             if self._records is not None:
                 self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=reconstruction)
