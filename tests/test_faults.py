@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("accelerate")
+import torch  # a README-installed dependency: missing fails, never skips
+import accelerate  # noqa: F401
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 from train_fixtures import (  # noqa: E402,F401  (fixtures)
@@ -158,7 +158,7 @@ def test_json_outputs_stay_valid_with_nan_metrics(make_config, monkeypatch):
 
 def test_secrets_are_redacted_everywhere_but_still_used(make_config, monkeypatch, hub, hf_cache, hf_token):
     """A token in data.load_kwargs reached checkpoints, final/, tensorboard files, the pushed README and config."""
-    pytest.importorskip("tensorboard")
+    import tensorboard  # noqa: F401  (the examples extra installs it)
     import hf_e2e_sae.training.data as data
 
     secret = "hf_SECRETsecretSECRET1234567890"

@@ -392,3 +392,19 @@ class safe_open_bytes:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_push_warns_when_the_base_model_is_only_local(hub, hf_cache, hf_token, tmp_path, caplog):
+    """An SAE on a local base records `local:<name>` (no absolute path), and its push warns that whoever loads it
+    must pass `base_model=`."""
+    import logging
+
+    tiny_model("gpt2").save_pretrained(tmp_path / "base")
+    model = SAEPatchedModel(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), make_sae(SITE))
+    repo_id = hub.unique_repo_id("local-base")
+    with caplog.at_level(logging.WARNING, logger="hf_e2e_sae.hub.push"):
+        model.push_to_hub(repo_id)
+    assert "'local:base' is a local model" in caplog.text
+    files = hub.repo_files(repo_id)
+    pushed = files["config.json"].decode() + files[MANIFEST_NAME].decode() + files["README.md"].decode()
+    assert "local:base" in pushed and str(tmp_path) not in pushed

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("accelerate")
-pytest.importorskip("datasets")
+import torch  # a README-installed dependency: missing fails, never skips
+import accelerate  # noqa: F401
+import datasets  # noqa: F401
 
 from safetensors.torch import load_file  # noqa: E402
 from train_fixtures import (  # noqa: E402,F401  (fixtures are used by name)
@@ -334,7 +334,7 @@ def test_held_out_eval_does_not_overlap_training(make_config, tiny_assets, monke
 
 def test_tensorboard_tracker_receives_train_and_eval_metrics(make_config):
     """`tracker: tensorboard` logs training and held-out metrics; a missing tracker package is an error."""
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from tensorboard.backend.event_processing import event_accumulator  # the examples extra installs it
     path, out = make_config("tb", tracker="tensorboard", n_samples=16, save_every_samples=None, log_every_steps=1)
     trainer.train(load_train_config(path))
     logdir = next(p.parent for p in out.rglob("events.out.tfevents.*"))
