@@ -9,7 +9,10 @@ export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers, sparsify; print("torch", torch.__version__, "transformers", transformers.__version__)'
+quiet() { grep -v -E "Training:|it/s|bitsandbytes|Learning rate|Initializing SAEs|Training on modules|Consider using|avg_kl"; }
 python3 -m hf_e2e_sae.cli bench --shape gpt2 --device cuda --dtype bfloat16 --repeats 10 --warmup 3 \
-    --out "$OUT/bench_gpt2_bf16.json" 2>&1 | grep -v -E "Training:|it/s" | tee "$OUT/bench_gpt2_bf16.log"
+    --out "$OUT/bench_gpt2_bf16.json" 2>&1 | quiet | tee "$OUT/bench_gpt2_bf16.log"
 python3 -m hf_e2e_sae.cli bench --shape A --shape B --device cuda --dtype float32 --repeats 10 --warmup 3 \
-    --out "$OUT/bench_AB_cuda.json" 2>&1 | grep -v -E "Training:|it/s" | tee "$OUT/bench_AB_cuda.log"
+    --out "$OUT/bench_AB_cuda.json" 2>&1 | quiet | tee "$OUT/bench_AB_cuda.log"
+python3 scripts/profile_step.py ours_e2e gpt2 bfloat16 2>&1 | tee "$OUT/profile_ours_e2e.log" | tail -25
+python3 scripts/profile_step.py lower_bound gpt2 bfloat16 2>&1 | tee "$OUT/profile_lower_bound.log" | tail -25
