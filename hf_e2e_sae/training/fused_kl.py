@@ -26,9 +26,11 @@ def auto_chunk_tokens(vocab: int, device: torch.device) -> int:
     return max(16, _CHUNK_ELEMENTS.get(torch.device(device).type, _CHUNK_ELEMENTS["cuda"]) // vocab)
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    # float32 logits: the softmaxes of a bf16 base model are still taken in full precision
-    return F.linear(h, weight, bias).float()
+def _matmul_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The LM head in the dtype autocast would multiply it in, cast once per call rather than once per chunk."""
+    if torch.is_autocast_enabled(weight.device.type):
+        return weight.to(torch.get_autocast_dtype(weight.device.type))
+    return weight
 
 
 class _FusedUnembedKL(torch.autograd.Function):
@@ -37,19 +39,18 @@ class _FusedUnembedKL(torch.autograd.Function):
         # h_sae, h_orig: (N, d); weight: (V, d); bias: (V,) or None; weights: (N,) summing to 1
         total = torch.zeros((), device=h_sae.device, dtype=torch.float32)
         grad_h = torch.empty_like(h_sae) if ctx.needs_input_grad[0] else None
+        mm_weight = _matmul_weight(weight)
         for start in range(0, h_sae.shape[0], chunk_tokens):
             end = start + chunk_tokens
-            z_q = _chunk_logits(h_sae[start:end], weight, bias)  # (chunk, V)
-            z_p = _chunk_logits(h_orig[start:end], weight, bias)
-            lse_q, lse_p = torch.logsumexp(z_q, -1), torch.logsumexp(z_p, -1)  # (chunk,)
-            p = torch.exp(z_p - lse_p[:, None])
-            # KL_t = sum_v p (log p - log q) = sum_v p (z_p - z_q) - lse_p + lse_q: few passes over (chunk, V)
-            diff = z_p.sub_(z_q)
-            kl = torch.linalg.vecdot(p, diff) - lse_p + lse_q
+            # log-softmax straight from the (possibly bf16) logits into float32: one fused pass each
+            log_q = F.log_softmax(F.linear(h_sae[start:end], weight, bias), dim=-1, dtype=torch.float32)
+            log_p = F.log_softmax(F.linear(h_orig[start:end], weight, bias), dim=-1, dtype=torch.float32)
+            p = log_p.exp()  # (chunk, V)
+            kl = torch.linalg.vecdot(p, log_p.sub_(log_q))  # KL_t = p . (log p - log q), in place: no temporary
             total += (kl * weights[start:end]).sum()
             if grad_h is not None:
-                dlogits = z_q.sub_(lse_q[:, None]).exp_().sub_(p).mul_(weights[start:end, None])  # (q - p) w_t
-                grad_h[start:end] = (dlogits.to(weight.dtype) @ weight).to(grad_h.dtype)
+                dlogits = log_q.exp_().sub_(p).mul_(weights[start:end, None])  # (q - p) w_t, in place
+                grad_h[start:end] = (dlogits.to(mm_weight.dtype) @ mm_weight).to(grad_h.dtype)
         ctx.save_for_backward(grad_h)
         return total
 
