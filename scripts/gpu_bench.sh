@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU benchmark run (device machine): carried wheels for what the image lacks, then hf-e2e-sae bench.
-# Usage there: bash scripts/gpu_bench.sh  (writes JSON and logs under $OUT)
+# The GPU benchmark run (device machine): carried wheels for what the image lacks, then hf-e2e-sae bench and a
+# profile of our e2e step. Usage there: bash scripts/gpu_bench.sh [quick]   (JSON and logs under $OUT)
+#   quick: only the GPT-2 small shape in bf16 and our step's profile
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -8,11 +9,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c 'import torch, transformers, sparsify; print("torch", torch.__version__, "transformers", transformers.__version__)'
 quiet() { grep -v -E "Training:|it/s|bitsandbytes|Learning rate|Initializing SAEs|Training on modules|Consider using|avg_kl"; }
 python3 -m hf_e2e_sae.cli bench --shape gpt2 --device cuda --dtype bfloat16 --repeats 10 --warmup 3 \
     --out "$OUT/bench_gpt2_bf16.json" 2>&1 | quiet | tee "$OUT/bench_gpt2_bf16.log"
-python3 -m hf_e2e_sae.cli bench --shape A --shape B --device cuda --dtype float32 --repeats 10 --warmup 3 \
-    --out "$OUT/bench_AB_cuda.json" 2>&1 | quiet | tee "$OUT/bench_AB_cuda.log"
-python3 scripts/profile_step.py ours_e2e gpt2 bfloat16 2>&1 | tee "$OUT/profile_ours_e2e.log" | tail -25
-python3 scripts/profile_step.py lower_bound gpt2 bfloat16 2>&1 | tee "$OUT/profile_lower_bound.log" | tail -25
+if [ "${1:-}" != quick ]; then
+    python3 -m hf_e2e_sae.cli bench --shape A --shape B --device cuda --dtype float32 --repeats 10 --warmup 3 \
+        --out "$OUT/bench_AB_cuda.json" 2>&1 | quiet | tee "$OUT/bench_AB_cuda.log"
+    python3 scripts/profile_step.py lower_bound gpt2 bfloat16 2>&1 | tee "$OUT/profile_lower_bound.log" | tail -22
+fi
+python3 scripts/profile_step.py ours_e2e gpt2 bfloat16 2>&1 | tee "$OUT/profile_ours_e2e.log" | tail -22
