@@ -30,10 +30,13 @@ class SAEOutput(ModelOutput):
     Args:
         latents (`torch.Tensor` of shape `(..., dict_size)`): the sparse code c.
         reconstruction (`torch.Tensor` of shape `(..., d_in)`): x_hat.
+        pre_activations (`torch.Tensor` of shape `(..., dict_size)`): W_enc x + b_enc, before the activation
+            (what AuxK and L0 straight-through estimators need).
     """
 
     latents: Optional[torch.Tensor] = None
     reconstruction: Optional[torch.Tensor] = None
+    pre_activations: Optional[torch.Tensor] = None
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -76,11 +79,12 @@ class SparseAutoencoder(PreTrainedModel):
         return F.linear(latents, F.normalize(self.decoder.weight, dim=0), self.decoder.bias)
 
     def forward(self, hidden_states: torch.Tensor, return_dict: bool = True) -> SAEOutput:
-        latents = self.encode(hidden_states)
+        pre_activations = self.encoder(hidden_states)
+        latents = self.activation(pre_activations)
         reconstruction = self.decode(latents)
         if not return_dict:
             return (latents, reconstruction)
-        return SAEOutput(latents=latents, reconstruction=reconstruction)
+        return SAEOutput(latents=latents, reconstruction=reconstruction, pre_activations=pre_activations)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Upload this SAE (safetensors + config + manifest) and a README.md model card in one commit.

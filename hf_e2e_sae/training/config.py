@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
+from .architecture_config import check_architecture
 from .arguments import ConfigError, load_config
 from .data import DataConfig
 from .losses import LossConfig
@@ -38,7 +39,16 @@ class TrainConfig:
     dict_size: Optional[int] = None
     """Dictionary size; overrides dict_size_ratio when given."""
     activation: str = "relu"
-    """Latent activation (see hf_e2e_sae.activations)."""
+    """Latent activation: relu, topk, batchtopk, jumprelu (see hf_e2e_sae.sae.activations)."""
+    k: Optional[int] = None
+    """topk / batchtopk: latents kept per token (default 32)."""
+    jumprelu_init_threshold: Optional[float] = None
+    """jumprelu: initial threshold of every latent (default 0.001)."""
+    jumprelu_bandwidth: Optional[float] = None
+    """jumprelu: width of the straight-through rectangle kernel (default 0.001)."""
+    output_sites: list[str] = field(default_factory=list)
+    """Transcoders: one site per entry of sites whose activation the reconstruction replaces (e.g. sites
+    [blocks.2.mlp_in], output_sites [blocks.2.mlp_out]); empty = SAEs that reconstruct their own site."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
     loss: LossConfig = field(default_factory=LossConfig)
@@ -116,6 +126,7 @@ class TrainConfig:
         for site in self.loss.downstream.sites:
             if parse_site(site).position <= last_sae:
                 raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
+        check_architecture(self)
         if self.push_to_hub and not self.hub_repo_id:
             raise ValueError("push_to_hub is true but hub_repo_id is not set")
         if self.resume_from_checkpoint is not None and self.resume_from_checkpoint != "latest" \

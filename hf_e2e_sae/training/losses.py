@@ -52,6 +52,16 @@ class DownstreamLossConfig:
 
 
 @dataclass
+class AuxKLossConfig:
+    coeff: float = 0.0
+    """Coefficient of the AuxK dead-latent loss (Gao et al. 2024 use 1/32); 0 = off. Any preset and activation."""
+    k_aux: Optional[int] = None
+    """Dead latents used to model the residual, per token; default d_in // 2 (Gao et al.: 512 for d_in 768+)."""
+    dead_after_tokens: int = 10_000_000
+    """A latent is dead after this many training tokens without firing (Gao et al.: 10M)."""
+
+
+@dataclass
 class LossConfig:
     preset: Literal["local", "e2e", "e2e+ds"] = "e2e"
     """One of local, e2e, e2e+ds; fills every coefficient that is not given."""
@@ -63,19 +73,23 @@ class LossConfig:
     """KL(P_orig || P_sae) of next-token distributions."""
     downstream: DownstreamLossConfig = field(default_factory=DownstreamLossConfig)
     """e2e+ds term: MSE of later activations between the SAE run and the original run."""
+    auxk: AuxKLossConfig = field(default_factory=AuxKLossConfig)
+    """AuxK: the top k_aux dead latents reconstruct the residual x - x_hat (revives dead latents)."""
 
     def __post_init__(self) -> None:
         if self.preset not in LOSS_PRESETS:
             raise ValueError(f"loss.preset={self.preset!r} is unknown; valid choices: {sorted(LOSS_PRESETS)}")
         defaults = LOSS_PRESETS[self.preset]
+        # Which coefficients the preset chose (not the user): activation defaults may override only these.
+        self.preset_filled = frozenset(n for n in defaults if getattr(self, n).coeff is None)
         for name in ("sparsity", "reconstruction", "kl", "downstream"):
             term = getattr(self, name)
             if term.coeff is None:
                 term.coeff = defaults[name]  # resolved once, at construction
             if term.coeff < 0:
                 raise ValueError(f"loss.{name}.coeff must be >= 0, got {term.coeff}")
-        if self.sparsity.p <= 0:
-            raise ValueError(f"loss.sparsity.p must be > 0, got {self.sparsity.p}")
+        if self.sparsity.p < 0:
+            raise ValueError(f"loss.sparsity.p must be >= 0 (0: L0 through the activation's estimator), got {self.sparsity.p}")
         if self.kl.chunk_tokens <= 0:
             raise ValueError(f"loss.kl.chunk_tokens must be > 0, got {self.kl.chunk_tokens}")
 

@@ -31,6 +31,8 @@ from ..sae.hub_interface import hub_function
 from .data import build_datasets, create_dataloader, skip_samples
 from ..evaluation.metrics import evaluate
 from .losses import compute_losses, default_downstream_sites
+from .architecture_config import activation_options
+from .loss_terms import add_loss_terms, build_loss_terms
 from ..sae.model import SparseAutoencoder
 from ..patching.base_models import ASSETS_DIR, portable_base_name, resolve_base_model
 from ..patching.patched_model import SAEPatchedModel
@@ -70,7 +72,8 @@ def build_patched_model(config: TrainConfig) -> tuple:
         saes[site] = SparseAutoencoder(SAEConfig(
             d_in=hidden_size(base.config), dict_size=config.dict_size, dict_size_ratio=config.dict_size_ratio,
             activation=config.activation, site=site, base_model_name_or_path=portable_base_name(base_cfg.name_or_path),
-            base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal))
+            base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal,
+            output_site=config.output_sites[i] if config.output_sites else None, **activation_options(config)))
     return SAEPatchedModel(base, saes), tokenizer
 
 
@@ -86,6 +89,7 @@ class _Run:
         self.downstream_sites = (loss.downstream.sites or default_downstream_sites(
             self.model.sites, num_blocks(self.model.config))) if loss.downstream.coeff > 0 else []
         self.state = TrainerState(self.model.sites)
+        self.loss_terms = build_loss_terms(loss)  # AuxK, L0 straight-through, ... (training/loss_terms.py)
         self.start_time = time.time()
 
 
@@ -176,6 +180,8 @@ def micro_batch_loss(run: _Run, input_ids: torch.Tensor) -> tuple:
     out = run.model(input_ids=input_ids, cache_sites=run.downstream_sites, stop_early=not loss_config.needs_logits)
     total, terms = compute_losses(loss_config, out.sae_outputs, run.d_in, out.logits, orig_logits,
                                   out.cached_activations, orig_downstream)
+    total, terms = add_loss_terms(run.loss_terms, total, terms, out.sae_outputs,
+                                  {site: raw.sae(site) for site in out.sae_outputs}, run.d_in)
     return total, terms, out.sae_outputs
 
 
