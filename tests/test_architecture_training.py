@@ -150,3 +150,35 @@ def test_auxk_is_logged_when_on(make_config):
     logs = [trainer.train_step(run, group) for group in trainer._micro_batch_groups(run)]
     assert all("train/auxk" in step for step in logs)
     assert logs[-1]["train/auxk"] > 0  # after 128 tokens some of the 128 latents are dead at k=2
+
+
+def test_readme_topk_command_reduced_trains_with_l0_at_most_k_and_reloads_identically(tmp_path, monkeypatch):
+    """`hf-e2e-sae train examples/configs/tiny-e2e.yaml activation=topk k=16 loss.sparsity.coeff=0` at 32 samples."""
+    from pathlib import Path
+
+    from hf_e2e_sae.cli import main as cli_main
+
+    repo = Path(__file__).resolve().parents[1]
+    captured: dict = {}
+    real_write_final = trainer.write_final
+
+    def spy(run, metrics):
+        model = run.accelerator.unwrap_model(run.model).eval()
+        captured["ids"] = next(iter(run.eval_loader))["input_ids"][:2]
+        with torch.no_grad():
+            captured["latents"] = model(captured["ids"]).sae_outputs["blocks.2.resid_pre"].latents
+        return real_write_final(run, metrics)
+
+    monkeypatch.setattr(trainer, "write_final", spy)
+    out = tmp_path / "topk"
+    code = cli_main(["train", str(repo / "examples/configs/tiny-e2e.yaml"), "activation=topk", "k=16",
+                     "loss.sparsity.coeff=0", "n_samples=32", "data.n_eval_samples=4", "eval_every_samples=null",
+                     f"output_dir={out}"])
+    assert code == 0
+    metrics = json.loads((out / "final" / "eval_metrics.json").read_text())
+    assert 0 < metrics["l0/blocks.2.resid_pre"] <= 16
+    loaded = SAEPatchedModel.from_pretrained(out / "final").eval()  # the builtin base model loads by name
+    assert loaded.sae("blocks.2.resid_pre").config.k == 16
+    with torch.no_grad():
+        latents = loaded(captured["ids"]).sae_outputs["blocks.2.resid_pre"].latents
+    assert torch.equal(latents, captured["latents"])
