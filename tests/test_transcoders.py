@@ -156,3 +156,17 @@ def test_a_transcoder_output_site_taken_by_another_sae_is_an_error():
     sae = SparseAutoencoder(SAEConfig(d_in=HIDDEN, dict_size=8, site=MLP_OUT))
     with pytest.raises(ValueError, match="each site takes at most one dictionary"):
         SAEPatchedModel(tiny_model("gpt2"), [transcoder(), sae])
+
+
+def test_readme_transcoder_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index("## Architectures"):], re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README-architectures", "exec"), scope)
+    record, metrics = scope["record"], scope["metrics"]
+    assert set(scope["out"].sae_outputs) == {"blocks.0.resid_pre", "blocks.2.mlp_in"}
+    assert ((record.latents > 0).sum(-1) <= 32).all()
+    assert "explained_variance/blocks.2.mlp_in" in metrics and metrics["kl"] > 0
