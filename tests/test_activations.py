@@ -201,6 +201,9 @@ def test_push_and_load_from_the_hub_gives_identical_latents(activation, hub, hf_
     model.push_to_hub(repo_id)
     loaded = SAEPatchedModel.from_pretrained(repo_id, base_model=tiny_model("gpt2")).eval()
     assert torch.equal(loaded(ids).sae_outputs[SITE].latents, before)
+    card = hub.repo_files(repo_id)["README.md"].decode()
+    for key, value in TEST_OPTIONS.get(activation, {}).items():  # the card names the activation's options
+        assert f"{key}={value}" in card
 
 
 @pytest.mark.parametrize("kwargs, message", [
