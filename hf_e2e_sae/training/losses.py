@@ -26,7 +26,8 @@ class SparsityLossConfig:
     coeff: Optional[float] = None
     """Sparsity coefficient (the paper's lambda); default from the preset."""
     p: float = 1.0
-    """The p of the Lp norm of the latents (paper: 1)."""
+    """The p of the Lp norm of the latents (paper: 1); 0 = L0 through the activation's straight-through estimator
+    (jumprelu)."""
 
 
 @dataclass
