@@ -2,6 +2,7 @@
 
     python examples/sweep_architectures.py                          # examples/configs/sweep-architectures.yaml
     python examples/sweep_architectures.py --only topk-local        # train one series (e.g. in a parallel process)
+    python examples/sweep_architectures.py --finished               # results from the runs finished so far
 
 Each run is the sweep's `train_config` plus the sweep-wide overrides, the series' overrides and `<vary>=<value>`;
 its output lands in `<runs_dir>/<series>-<value>/final` and a finished run is skipped when started again. A
@@ -115,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", nargs="?", default=str(DEFAULT_SWEEP), help="sweep YAML")
     parser.add_argument("--only", help="train only this series' runs; write no results")
+    parser.add_argument("--finished", action="store_true", help="tabulate the finished runs only; train nothing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     sweep = yaml.safe_load(Path(args.sweep_file).read_text())
@@ -128,7 +130,10 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     rows = []
     for series, value in jobs:
-        rows.append(run_one(sweep, series, value, runs_dir / f"{series}-{value:g}"))
+        out_dir = runs_dir / f"{series}-{value:g}"
+        if args.finished and not (out_dir / "final" / "minutes.txt").exists():
+            continue
+        rows.append(run_one(sweep, series, value, out_dir))
         write_table(rows, results)  # partial results survive an interruption
     plot(rows, results)
     reading = {f"{a} vs {b}": ratio_at_equal_l0(rows, a, b) for a, b in sweep.get("comparisons", [])}
