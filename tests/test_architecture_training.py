@@ -99,7 +99,7 @@ def test_l0_straight_through_term_is_zero_in_value_and_moves_only_thresholds():
                                       jumprelu_bandwidth=0.5))
     terms = build_loss_terms(LossConfig(preset="local", sparsity=SparsityLossConfig(coeff=2.0, p=0)))
     loss, logged = terms["sparsity_l0_ste"](_outputs(sae, torch.randn(5, 8)), {"s": sae}, 8, None)
-    assert float(loss) == 0.0 and logged is None
+    assert float(loss.detach()) == 0.0 and logged is None
     loss.backward()
     grad = sae.activation.log_threshold.grad  # descent (-grad) raises the thresholds: fewer active latents
     assert (grad < 0).any() and (grad <= 0).all()
