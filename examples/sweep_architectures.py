@@ -84,7 +84,8 @@ def plot(rows: list, results: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for series in dict.fromkeys(r["series"] for r in rows):
         pts = sorted((r["l0"], r["ce_loss_increase"], r["value"]) for r in rows if r["series"] == series)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=series)
+        style = "-" if "local" in series else ("-." if "e2e+ds" in series else "--")  # by objective
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle=style, label=series)
         for l0, ce, value in pts:
             ax.annotate(f"{value:g}", (l0, ce), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
