@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from train_fixtures import N_EMBD, SITE, fresh_accelerate, make_config, tiny_assets  # noqa: F401
+from train_fixtures import SITE, fresh_accelerate, make_config, tiny_assets  # noqa: F401  (fixtures by name)
 import hf_e2e_sae.training.trainer as trainer
 from hf_e2e_sae import SAEConfig, SAEPatchedModel, SparseAutoencoder
 from hf_e2e_sae.patching.patched_model import SiteOutput

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Callable, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .losses import LossConfig, _token_weights
 
