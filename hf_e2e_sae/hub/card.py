@@ -193,6 +193,17 @@ def render_model_card(
     )
 
 
+
+def _activation_label(config) -> str:
+    """E.g. `topk (k=16)`; a transcoder says what it replaces: `relu, transcoder -> blocks.2.mlp_out`."""
+    from ..sae.activations import ACTIVATION_SPECS
+
+    spec = ACTIVATION_SPECS.get(config.activation)
+    options = [f"{key}={getattr(config, key)}" for key in (spec.options if spec else ()) if hasattr(config, key)]
+    label = f"{config.activation} ({', '.join(options)})" if options else config.activation
+    output_site = getattr(config, "output_site", None)
+    return f"{label}, transcoder -> {output_site}" if output_site else label
+
 def render_card_from_configs(
     manifest: Mapping[str, Any],
     configs: Mapping[str, Any],
@@ -220,7 +231,7 @@ def render_card_from_configs(
     for site, config in configs.items():
         folder = manifest["saes"].get(site, "") or "."
         saes.append({"site": site, "d_in": config.d_in, "dict_size": f"{config.dict_size:,}",
-                     "ratio": _fmt(round(config.dict_size / config.d_in, 3)), "activation": config.activation,
+                     "ratio": _fmt(round(config.dict_size / config.d_in, 3)), "activation": _activation_label(config),
                      "folder": folder})
     if title is None:
         kind = f" ({loss['preset']})" if loss else ""

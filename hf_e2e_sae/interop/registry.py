@@ -112,7 +112,8 @@ def build_sae(config: dict, encoder_weight: torch.Tensor, encoder_bias: torch.Te
         sae.decoder.weight.copy_(decoder_weight)
         sae.decoder.bias.copy_(decoder_bias)
         if threshold is not None:
-            sae.activation.threshold.copy_(threshold)
+            # JumpReLU keeps log(theta) (thresholds of imported SAEs are >= 0; 0 means a plain ReLU)
+            sae.activation.log_threshold.copy_(threshold.clamp_min(torch.finfo(threshold.dtype).tiny).log())
     for name, tensor in sae.state_dict().items():
         if not torch.isfinite(tensor).all():
             raise ValueError(f"imported SAE has non-finite values in {name}")

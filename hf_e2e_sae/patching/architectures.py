@@ -22,11 +22,14 @@ class ArchitectureSpec:
         attn_out: dotted path inside a block to the module whose output is the attention's
             contribution to the residual stream.
         mlp_out: same for the MLP.
+        mlp_in: dotted path inside a block to the module whose *input* is what the MLP reads (after the
+            block's pre-MLP norm): the `mlp_in` site, which transcoders read.
     """
 
     layers: str
     attn_out: str
     mlp_out: str
+    mlp_in: str = "mlp"
 
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {}
@@ -38,16 +41,21 @@ def register_architecture(model_types: Union[str, list], spec: ArchitectureSpec)
         ARCHITECTURES[model_type] = spec
 
 
-register_architecture("gpt2", ArchitectureSpec("transformer.h", "attn", "mlp"))
-register_architecture("gpt_neox", ArchitectureSpec("gpt_neox.layers", "attention", "mlp"))
+# In every registered family the MLP module is called on the normed hidden state (ln_2 / post_attention_layernorm /
+# pre_feedforward_layernorm output), so mlp_in is the input of `mlp`.
+register_architecture("gpt2", ArchitectureSpec("transformer.h", "attn", "mlp", mlp_in="mlp"))
+register_architecture("gpt_neox", ArchitectureSpec("gpt_neox.layers", "attention", "mlp", mlp_in="mlp"))
 register_architecture(
-    ["llama", "mistral", "qwen2", "qwen3", "gemma"], ArchitectureSpec("model.layers", "self_attn", "mlp")
+    ["llama", "mistral", "qwen2", "qwen3", "gemma"], ArchitectureSpec("model.layers", "self_attn", "mlp", mlp_in="mlp")
 )
 # Gemma 2/3 normalise each branch after it and before the residual add: the contribution is the norm's output.
 register_architecture(
     ["gemma2", "gemma3_text"],
-    ArchitectureSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm"),
+    ArchitectureSpec("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", mlp_in="mlp"),
 )
+
+# Site kinds read at a module's input (all others at its output); resid_pre/resid_post are the block itself.
+_INPUT_KINDS = frozenset({"mlp_in"})
 
 
 def architecture_for(config: PretrainedConfig) -> ArchitectureSpec:
@@ -96,5 +104,6 @@ def resolve_site(model: nn.Module, site: Union[str, Site]) -> ResolvedSite:
         return ResolvedSite(block, "input")
     if parsed.kind == "resid_post":
         return ResolvedSite(block, "output")
-    return ResolvedSite(block.get_submodule(getattr(spec, parsed.kind)), "output")
+    rewrite = "input" if parsed.kind in _INPUT_KINDS else "output"
+    return ResolvedSite(block.get_submodule(getattr(spec, parsed.kind)), rewrite)
 

@@ -35,6 +35,7 @@ from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
 from ..sae.sites import parse_site
 from .architectures import check_site, hidden_size, resolve_site
+from .transcoders import add_transcoder_hooks, check_transcoder_config, is_transcoder
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,17 @@ class SiteOutput(ModelOutput):
     """What one SAE saw and produced in a forward pass.
 
     Args:
-        input (`(batch, seq, d_in)`): the activation the SAE replaced.
+        input (`(batch, seq, d_in)`): the activation the SAE replaced (for a transcoder: the real output at its
+            `output_site`, e.g. the MLP's output; it read `site`).
         latents (`(batch, seq, dict_size)`): its sparse code.
         reconstruction (`(batch, seq, d_in)`): what was spliced in instead.
+        pre_activations (`(batch, seq, dict_size)`): the encoder output before the activation.
     """
 
     input: Optional[torch.Tensor] = None
     latents: Optional[torch.Tensor] = None
     reconstruction: Optional[torch.Tensor] = None
+    pre_activations: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -130,6 +134,7 @@ def validate_sae_configs(base_config, sae_configs: Mapping) -> None:
         check_site(base_config, site)
         if config.d_in != width:
             raise ValueError(f"SAE for {site!r} has d_in={config.d_in}, but the base model's hidden size is {width}.")
+        check_transcoder_config(base_config, site, config, sae_configs)
 
 
 class SAEPatchedModel(InterventionsMixin, nn.Module):
@@ -159,7 +164,10 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         self._records: Optional[dict] = None
         self._handles = [
             add_hook(r.module, r.rewrite, self._make_sae_rewrite(site)) for site, r in resolved.items()
-        ]
+            if not is_transcoder(site_saes[site])
+        ] + [h for site, sae in site_saes.items() if is_transcoder(sae) for h in add_transcoder_hooks(self, site, sae, SiteOutput)]
+        # A transcoder writes at its output_site: a forward stopped early must run at least that far.
+        self.output_sites: list = [sae.config.output_site for sae in site_saes.values() if is_transcoder(sae)]
 
     # ------------------------------------------------------------------ patching
     def _fill_base_model_metadata(self) -> None:
@@ -189,7 +197,8 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
                 out = self.intervene(site, out)
             reconstruction = restore_token_mean(sae.config, x, out.reconstruction)  # the model's basis
             if self._records is not None:
-                self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=reconstruction)
+                self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=reconstruction,
+                                                 pre_activations=out.pre_activations)
             return reconstruction.to(x.dtype)
 
         return rewrite
@@ -266,7 +275,8 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         return add_hook(resolved.module, resolved.rewrite, read)
 
     def _add_stop_hook(self, cache_sites: list):
-        last = max([*self.sites, *map(str, map(parse_site, cache_sites))], key=lambda s: parse_site(s).position)
+        last = max([*self.sites, *self.output_sites, *map(str, map(parse_site, cache_sites))],
+                   key=lambda s: parse_site(s).position)
         resolved = resolve_site(self.base_model, last)
 
         def stop(_x: torch.Tensor) -> None:

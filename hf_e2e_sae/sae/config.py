@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from transformers import PretrainedConfig
 
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, activation_option_owners, resolve_activation_options
 from .basis import check_basis_options
 from .sites import parse_site
 
@@ -51,6 +51,13 @@ class SAEConfig(PretrainedConfig):
             the name alone does not pin it (a local model).
         init_decoder_orthogonal (`bool`, *optional*, defaults to `True`):
             Orthogonal decoder init (as the reference); otherwise PyTorch's Linear default.
+        output_site (`str`, *optional*):
+            Makes this dictionary a transcoder: it reads `site` (e.g. `"blocks.3.mlp_in"`, the MLP's normed input)
+            and its reconstruction replaces `output_site` (e.g. `"blocks.3.mlp_out"`). None: an SAE that
+            reconstructs `site` itself.
+        **activation options:
+            Keys declared by the chosen activation (`ActivationSpec.options`), e.g. `k` for `"topk"`,
+            `jumprelu_init_threshold` and `jumprelu_bandwidth` for `"jumprelu"`; defaults come from the spec.
         format_version (`int`, *optional*):
             Version of the hf_e2e_sae save format; newer than this library understands is an error.
         k (`int`, *optional*):
@@ -81,13 +88,14 @@ class SAEConfig(PretrainedConfig):
         base_model_config_hash: Optional[str] = None,
         init_decoder_orthogonal: bool = True,
         format_version: int = SAE_FORMAT_VERSION,
-        k: Optional[int] = None,
         apply_b_dec_to_input: bool = False,
         input_scale: float = 1.0,
         center_input: bool = False,
         normalize_decoder: bool = True,
+        output_site: Optional[str] = None,
         **kwargs: Any,
     ):
+        option_values = {key: kwargs.pop(key) for key in activation_option_owners() if key in kwargs}
         unknown = sorted(set(kwargs) - _standard_config_keys())
         if unknown:
             logger.warning("SAEConfig: ignoring unknown keys %s (saved by a newer hf_e2e_sae?)", unknown)
@@ -112,16 +120,21 @@ class SAEConfig(PretrainedConfig):
         self.dict_size = dict_size
         self.dict_size_ratio = dict_size_ratio
         self.activation = activation
+        for key, value in resolve_activation_options(activation, option_values).items():
+            setattr(self, key, value)  # e.g. self.k: saved in config.json with the rest
         self.site = str(parse_site(site)) if site is not None else None
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
         self.base_model_config_hash = base_model_config_hash
         self.init_decoder_orthogonal = init_decoder_orthogonal
         self.format_version = format_version
-        self.k = k
         self.apply_b_dec_to_input = apply_b_dec_to_input
         self.input_scale = input_scale
         self.center_input = center_input
         self.normalize_decoder = normalize_decoder
         check_basis_options(self)
+        self.output_site = str(parse_site(output_site)) if output_site is not None else None
+        if self.output_site is not None and (self.site is None or not parse_site(self.output_site).is_after(parse_site(self.site))):
+            raise ValueError(f"SAEConfig.output_site={self.output_site!r} must be computed after site={self.site!r} "
+                             "(a transcoder reads site, then replaces output_site).")
         super().__init__(**{k: v for k, v in kwargs.items() if k not in unknown})

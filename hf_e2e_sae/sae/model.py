@@ -32,10 +32,13 @@ class SAEOutput(ModelOutput):
     Args:
         latents (`torch.Tensor` of shape `(..., dict_size)`): the sparse code c.
         reconstruction (`torch.Tensor` of shape `(..., d_in)`): x_hat.
+        pre_activations (`torch.Tensor` of shape `(..., dict_size)`): W_enc x + b_enc, before the activation
+            (what AuxK and L0 straight-through estimators need).
     """
 
     latents: Optional[torch.Tensor] = None
     reconstruction: Optional[torch.Tensor] = None
+    pre_activations: Optional[torch.Tensor] = None
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -69,9 +72,13 @@ class SparseAutoencoder(PreTrainedModel):
         """Unit-norm dictionary elements, shape `(dict_size, d_in)`."""
         return F.normalize(self.decoder.weight, dim=0).T
 
+    def pre_activations(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(..., d_in) -> (..., dict_size)` encoder outputs, after the config's basis options (`sae.basis`)."""
+        return self.encoder(prepare_input(self.config, hidden_states, self.decoder.bias))
+
     def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """`(..., d_in) -> (..., dict_size)` latents (after the config's basis options, `hf_e2e_sae.sae.basis`)."""
-        return self.activation(self.encoder(prepare_input(self.config, hidden_states, self.decoder.bias)))
+        """`(..., d_in) -> (..., dict_size)` latents."""
+        return self.activation(self.pre_activations(hidden_states))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """`(..., dict_size) -> (..., d_in)` reconstruction in the SAE's basis (unit-norm dictionary elements
@@ -80,11 +87,12 @@ class SparseAutoencoder(PreTrainedModel):
         return undo_input_scale(self.config, F.linear(latents, weight, self.decoder.bias))
 
     def forward(self, hidden_states: torch.Tensor, return_dict: bool = True) -> SAEOutput:
-        latents = self.encode(hidden_states)
+        pre_activations = self.pre_activations(hidden_states)
+        latents = self.activation(pre_activations)
         reconstruction = self.decode(latents)
         if not return_dict:
             return (latents, reconstruction)
-        return SAEOutput(latents=latents, reconstruction=reconstruction)
+        return SAEOutput(latents=latents, reconstruction=reconstruction, pre_activations=pre_activations)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

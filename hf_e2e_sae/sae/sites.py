@@ -2,6 +2,7 @@
 
     resid_pre   input of block i (= resid_post of block i-1); TransformerLens `blocks.i.hook_resid_pre`
     attn_out    what block i's attention adds to the residual stream
+    mlp_in      the (normed) input block i's MLP sees; a transcoder reads it and replaces mlp_out
     mlp_out     what block i's MLP adds to the residual stream
     resid_post  output of block i (before any final norm)
 
@@ -14,10 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-SITE_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+SITE_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_out", "resid_post")
 _SITE_RE = re.compile(r"^blocks\.(\d+)\.(?:hook_)?([a-z_]+)$")
 # Order within a block; resid_post of block i shares a position with resid_pre of block i+1.
-_OFFSETS = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
+_OFFSETS = {"resid_pre": 0, "attn_out": 2, "mlp_in": 3, "mlp_out": 4, "resid_post": 6}
+_BLOCK_STRIDE = 6
 
 
 @dataclass(frozen=True, order=False)
@@ -33,7 +35,7 @@ class Site:
     @property
     def position(self) -> int:
         """Order in the forward pass; resid_post of block i shares a position with resid_pre of i+1."""
-        return 3 * self.block + _OFFSETS[self.kind]
+        return _BLOCK_STRIDE * self.block + _OFFSETS[self.kind]
 
     def is_after(self, other: "Site") -> bool:
         """True if this activation is computed strictly after `other`'s."""

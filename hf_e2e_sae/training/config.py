@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from ..sae.sites import parse_site
 from .arguments import ConfigError, ConfigModel, load_config
+from .architecture_config import apply_activation_defaults, check_architecture
 from .data import DataConfig
 from .finetune import check_init_from
 from .losses import LossConfig
@@ -39,7 +40,16 @@ class TrainConfig(ConfigModel):
     dict_size: Optional[int] = None
     """Dictionary size; overrides dict_size_ratio when given."""
     activation: str = "relu"
-    """Latent activation (see hf_e2e_sae.activations)."""
+    """Latent activation: relu, topk, batchtopk, jumprelu (see hf_e2e_sae.sae.activations)."""
+    k: Optional[int] = None
+    """topk / batchtopk: latents kept per token (default 32)."""
+    jumprelu_init_threshold: Optional[float] = None
+    """jumprelu: initial threshold of every latent (default 0.001)."""
+    jumprelu_bandwidth: Optional[float] = None
+    """jumprelu: width of the straight-through rectangle kernel (default 0.001)."""
+    output_sites: list[str] = Field(default_factory=list)
+    """Transcoders: one site per entry of sites whose activation the reconstruction replaces (e.g. sites
+    [blocks.2.mlp_in], output_sites [blocks.2.mlp_out]); empty = SAEs that reconstruct their own site."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
     init_from: Optional[str] = None
@@ -99,6 +109,12 @@ class TrainConfig(ConfigModel):
     hub_private: bool = False
     """Create the Hub repo as private."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _activation_defaults(cls, data):
+        """TopK-like activations get no sparsity penalty unless the config asks for one (before validation)."""
+        return apply_activation_defaults(data)
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         check_train_config(self)
@@ -139,6 +155,7 @@ def check_train_config(config: TrainConfig) -> None:
         if parse_site(site).position <= last_sae:
             raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
     check_init_from(config)
+    check_architecture(config)
     if config.push_to_hub and not config.hub_repo_id:
         raise ValueError("push_to_hub is true but hub_repo_id is not set")
     if config.resume_from_checkpoint is not None and config.resume_from_checkpoint != "latest" \

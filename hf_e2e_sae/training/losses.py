@@ -32,7 +32,8 @@ class SparsityLossConfig(ConfigModel):
     coeff: Optional[float] = None
     """Sparsity coefficient (the paper's lambda); default from the preset."""
     p: float = 1.0
-    """The p of the Lp norm of the latents (paper: 1)."""
+    """The p of the Lp norm of the latents (paper: 1); 0 = L0 through the activation's straight-through estimator
+    (jumprelu)."""
 
 
 class CoeffConfig(ConfigModel):
@@ -58,6 +59,15 @@ class DownstreamLossConfig(ConfigModel):
     """Later sites to reconstruct; empty = the resid_pre of every block after the last SAE (paper)."""
 
 
+class AuxKLossConfig(ConfigModel):
+    coeff: float = 0.0
+    """Coefficient of the AuxK dead-latent loss (Gao et al. 2024 use 1/32); 0 = off. Any preset and activation."""
+    k_aux: Optional[int] = None
+    """Dead latents used to model the residual, per token; default d_in // 2 (Gao et al.: 512 for d_in 768+)."""
+    dead_after_tokens: int = 10_000_000
+    """A latent is dead after this many training tokens without firing (Gao et al.: 10M)."""
+
+
 _TERMS = ("sparsity", "reconstruction", "kl", "downstream")
 
 
@@ -72,6 +82,8 @@ class LossConfig(ConfigModel):
     """KL(P_orig || P_sae) of next-token distributions."""
     downstream: DownstreamLossConfig = Field(default_factory=DownstreamLossConfig)
     """e2e+ds term: MSE of later activations between the SAE run and the original run."""
+    auxk: AuxKLossConfig = Field(default_factory=AuxKLossConfig)
+    """AuxK: the top k_aux dead latents reconstruct the residual x - x_hat (revives dead latents)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -96,8 +108,8 @@ class LossConfig(ConfigModel):
         for name in _TERMS:
             if getattr(self, name).coeff < 0:
                 raise ValueError(f"loss.{name}.coeff must be >= 0, got {getattr(self, name).coeff}")
-        if self.sparsity.p <= 0:
-            raise ValueError(f"loss.sparsity.p must be > 0, got {self.sparsity.p}")
+        if self.sparsity.p < 0:
+            raise ValueError(f"loss.sparsity.p must be >= 0 (0: L0 through the activation's estimator), got {self.sparsity.p}")
         check_kl_balance(self)
         return self
 

@@ -33,7 +33,9 @@ from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
 from .data import build_datasets, create_dataloader, skip_samples
 from ..evaluation.metrics import evaluate
+from .architecture_config import activation_options
 from .finetune import load_initial_sae
+from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
 from ..sae.model import SparseAutoencoder
 from ..patching.base_models import portable_base_name, resolve_base_model
@@ -75,7 +77,8 @@ def build_patched_model(config: TrainConfig) -> tuple:
         saes[site] = SparseAutoencoder(SAEConfig(
             d_in=hidden_size(base.config), dict_size=config.dict_size, dict_size_ratio=config.dict_size_ratio,
             activation=config.activation, site=site, base_model_name_or_path=portable_base_name(base_cfg.name_or_path),
-            base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal))
+            base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal,
+            output_site=config.output_sites[i] if config.output_sites else None, **activation_options(config)))
     return SAEPatchedModel(base, saes), tokenizer
 
 
@@ -91,6 +94,7 @@ class _Run:
         self.downstream_sites = (loss.downstream.sites or default_downstream_sites(
             self.model.sites, num_blocks(self.model.config))) if loss.downstream.coeff > 0 else []
         self.state = TrainerState(self.model.sites)
+        self.loss_terms = build_loss_terms(loss)  # AuxK, L0 straight-through, ... (training/loss_terms.py)
         self.start_time = time.time()
 
 
@@ -194,7 +198,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def micro_batch_loss(run: _Run, input_ids: torch.Tensor) -> tuple:
     """Loss of one micro-batch (batch, seq), its terms and the SAE outputs (the fast path, `training.step`)."""
     raw = run.accelerator.unwrap_model(run.model)
-    return fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss, run.downstream_sites, run.d_in)
+    total, terms, sae_outputs = fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss,
+                                                      run.downstream_sites, run.d_in)
+    total, terms = add_loss_terms(run.loss_terms, total, terms, sae_outputs,  # AuxK, the L0 estimator, ...
+                                  {site: raw.sae(site) for site in sae_outputs}, run.d_in)
+    return total, terms, sae_outputs
 
 
 def _track_alive(run: _Run, active: dict, n_tokens: int) -> dict:

@@ -2,8 +2,12 @@
 
 A new activation is a new file here that calls `register_activation`, plus one import line below.
 """
-from .registry import ACTIVATIONS, build_activation, register_activation
+from .registry import (ACTIVATION_SPECS, ACTIVATIONS, ActivationOption, ActivationSpec, activation_option_owners,
+                       build_activation, register_activation, resolve_activation_options)
 from . import relu  # noqa: F401  (registers "relu")
-from . import jumprelu, topk  # noqa: F401  (register "jumprelu", "topk": minimal, for imported SAEs)
+from . import topk  # noqa: F401  (registers "topk")
+from . import batchtopk  # noqa: F401  (registers "batchtopk")
+from . import jumprelu  # noqa: F401  (registers "jumprelu")
 
-__all__ = ["ACTIVATIONS", "build_activation", "register_activation"]
+__all__ = ["ACTIVATIONS", "ACTIVATION_SPECS", "ActivationOption", "ActivationSpec", "activation_option_owners",
+           "build_activation", "register_activation", "resolve_activation_options"]

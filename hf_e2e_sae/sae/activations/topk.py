@@ -1,31 +1,42 @@
-"""TopK (Gao et al. 2024): keep the k largest pre-activations per token, ReLU them, zero the rest.
+"""TopK: keep the k largest pre-activations of each token (after ReLU), zero the rest (Gao et al. 2024).
 
-Minimal version for imported TopK SAEs (SAELens `topk`, sparsify): selection as SAELens and sparsify
-do it, gradients flow to the kept latents only. `SAEConfig.k` is the number kept.
+L0 is exactly k per token, fewer only where fewer than k pre-activations are positive. Sparsity is
+structural, so no sparsity penalty is needed (its coefficient defaults to 0 in training configs).
 """
 import torch
 from torch import nn
 
-from .registry import register_activation
+from .registry import ActivationOption, register_activation
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+K_OPTION = ActivationOption(32, _positive_int, "k is the number of latents kept per token, a positive int")
+
+
+def check_k(k: int, dict_size: int) -> int:
+    """`k` must not exceed the dictionary (shared by TopK and BatchTopK)."""
+    if k > dict_size:
+        raise ValueError(f"k={k} exceeds dict_size={dict_size}; choose k <= dict_size.")
+    return k
 
 
 class TopKActivation(nn.Module):
-    """`c = scatter(topk(pre, k) -> ReLU)`: exactly k candidates per token, negative ones become 0."""
+    """`c = scatter(topk(ReLU(pre), k))`: gradients flow through the kept values only."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, dict_size: int):
         super().__init__()
-        self.k = k
+        self.k = check_k(k, dict_size)
 
     def forward(self, pre_activations: torch.Tensor) -> torch.Tensor:
-        values, indices = torch.topk(pre_activations, k=self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre_activations).scatter(-1, indices, values.relu())
+        values, indices = torch.relu(pre_activations).topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre_activations).scatter(-1, indices, values)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
 
 
-def _build(config) -> TopKActivation:
-    k = getattr(config, "k", None)
-    if not isinstance(k, int) or not 0 < k <= config.dict_size:
-        raise ValueError(f"SAEConfig.k must be an int in [1, dict_size={config.dict_size}] for activation='topk', got {k!r}")
-    return TopKActivation(k)
-
-
-register_activation("topk", _build)
+register_activation("topk", lambda config: TopKActivation(config.k, config.dict_size), options={"k": K_OPTION},
+                    structural_sparsity=True)

@@ -1,0 +1,112 @@
+"""Loss terms that need the SAE modules or per-run state, beside the paper's terms in `losses.py`.
+
+`compute_losses` (losses.py) computes the paper's terms from the patched forward's outputs alone. The terms
+here also need the dictionaries themselves (a JumpReLU threshold, a decoder) or state across steps (which
+latents are dead), so they are objects built once per run from the `LossConfig`:
+
+    terms = build_loss_terms(loss_config)                    # only the active ones
+    total, logged = add_loss_terms(terms, total, logged, sae_outputs, saes, d_in, mask)
+
+A new term is one `register_loss_term(name, factory)` call: `factory(loss_config)` returns the term (a
+callable `term(sae_outputs, saes, d_in, mask) -> (loss added to the total, value to log or None)`) or None
+when the config leaves it off.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional
+
+import torch
+
+from .losses import LossConfig, token_weights
+
+LossTerm = Callable[..., tuple]
+LOSS_TERMS: dict[str, Callable[[LossConfig], Optional[LossTerm]]] = {}
+
+
+def register_loss_term(name: str, factory: Callable[[LossConfig], Optional[LossTerm]]) -> None:
+    """Add a term: `factory(loss_config)` returns the term object, or None when it is off."""
+    LOSS_TERMS[name] = factory
+
+
+def build_loss_terms(config: LossConfig) -> dict:
+    """`{name: term}` of the registered terms that `config` turns on."""
+    terms = {name: factory(config) for name, factory in LOSS_TERMS.items()}
+    return {name: term for name, term in terms.items() if term is not None}
+
+
+def add_loss_terms(terms: Mapping, total: torch.Tensor, logged: dict, sae_outputs: Mapping, saes: Mapping,
+                   d_in: int, mask: Optional[torch.Tensor] = None) -> tuple:
+    """Add each term's loss to `total` and its logged value (detached) to `logged`; returns both."""
+    logged = dict(logged)
+    for name, term in terms.items():
+        loss, value = term(sae_outputs, saes, d_in, mask)
+        total = total + loss
+        if value is not None:
+            logged[name] = value.detach()
+    return total, logged
+
+
+class L0StraightThrough:
+    """`loss.sparsity.p = 0`: the gradient of coeff * mean-token L0 / d_in through the activation's `l0`.
+
+    `compute_losses` already adds (and logs) the exact L0 term, whose gradient is zero; this adds
+    `coeff * (l0 - l0.detach())`: zero in value, the straight-through gradient in backward.
+    """
+
+    def __init__(self, coeff: float):
+        self.coeff = coeff
+
+    def __call__(self, sae_outputs, saes, d_in, mask):
+        loss = 0.0
+        for site, out in sae_outputs.items():
+            per_token = saes[site].activation.l0(out.pre_activations).float().reshape(-1)
+            l0 = (per_token * token_weights(mask, out.pre_activations.shape[:-1], per_token.device)).sum() / d_in
+            loss = loss + self.coeff * (l0 - l0.detach())
+        return loss, None
+
+
+class AuxK:
+    """AuxK (Gao et al. 2024): the top `k_aux` dead latents reconstruct the residual `x - x_hat`.
+
+    Dead = no firing in the last `dead_after_tokens` training tokens this object has seen (counted per process;
+    the count restarts with the run object, e.g. on resume). The loss is the residual's unexplained fraction,
+    `||e_hat - e||^2 / ||e - mean(e)||^2` over tokens, with `e` detached; 0 while no latent is dead.
+    """
+
+    def __init__(self, coeff: float, k_aux: Optional[int], dead_after_tokens: int):
+        self.coeff, self.k_aux, self.dead_after_tokens = coeff, k_aux, dead_after_tokens
+        self.tokens_since_fired: dict = {}
+
+    def dead_latents(self, site: str, latents: torch.Tensor) -> torch.Tensor:
+        """Update the per-latent counters with this batch's firing; the dead mask `(dict_size,)`."""
+        fired = (latents.detach() > 0).reshape(-1, latents.shape[-1]).any(0)
+        n_tokens = latents[..., 0].numel()
+        count = self.tokens_since_fired.get(site, torch.zeros(latents.shape[-1], dtype=torch.long, device=fired.device))
+        count = torch.where(fired, torch.zeros_like(count), count + n_tokens)
+        self.tokens_since_fired[site] = count
+        return count >= self.dead_after_tokens
+
+    def __call__(self, sae_outputs, saes, d_in, mask):
+        total = 0.0
+        for site, out in sae_outputs.items():
+            sae, dead = saes[site], self.dead_latents(site, out.latents)
+            pre = out.pre_activations.reshape(-1, out.pre_activations.shape[-1])
+            k = min(self.k_aux or max(1, d_in // 2), pre.shape[-1])
+            values, indices = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+            aux_latents = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+            e_hat = sae.decode(aux_latents) - sae.decoder.bias
+            e = (out.input - out.reconstruction).detach().reshape(-1, e_hat.shape[-1]).to(e_hat.dtype)
+            weights = torch.ones(e.shape[0], device=e.device) if mask is None else mask.reshape(-1).to(e.device, e.dtype)
+            mean = (weights[:, None] * e).sum(0) / weights.sum().clamp_min(1)
+            sse = (weights * (e_hat - e).pow(2).sum(-1)).sum()
+            sst = (weights * (e - mean).pow(2).sum(-1)).sum().clamp_min(1e-12)
+            total = total + torch.where(dead.any(), sse / sst, torch.zeros_like(sse))
+        return self.coeff * total, total
+
+
+register_loss_term(
+    "sparsity_l0_ste",
+    lambda c: L0StraightThrough(c.sparsity.coeff) if c.sparsity.p == 0 and c.sparsity.coeff > 0 else None)
+register_loss_term(
+    "auxk",
+    lambda c: AuxK(c.auxk.coeff, c.auxk.k_aux, c.auxk.dead_after_tokens) if c.auxk.coeff > 0 else None)
