@@ -1,7 +1,18 @@
-"""Training: the config, data, losses, the Accelerate trainer and its checkpoints."""
-from .config import TrainConfig, load_train_config
-from .losses import LossConfig, compute_losses, kl_divergence, mse_loss, sparsity_loss
-from .trainer import train
+"""Training: the config, data, losses, the Accelerate trainer and its checkpoints.
 
-__all__ = ["LossConfig", "TrainConfig", "compute_losses", "kl_divergence", "load_train_config", "mse_loss",
-           "sparsity_loss", "train"]
+Names are imported on first use (PEP 562), so that importing a light submodule (losses, redaction) does not
+import `datasets` and the trainer: `import hf_e2e_sae` stays cheap and works with the transformers-4.57 stack.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "TrainConfig": ".config", "load_train_config": ".config", "train": ".trainer", "LossConfig": ".losses",
+    "compute_losses": ".losses", "kl_divergence": ".losses", "mse_loss": ".losses", "sparsity_loss": ".losses",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)
