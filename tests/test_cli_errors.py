@@ -43,6 +43,7 @@ def _cases(files: dict) -> dict:
         "push missing folder": ([sys.executable, "-m", "hf_e2e_sae.cli", "push", "./nope", "me/x", "--token", "t"],
                                 "nope is not a directory"),
         "unknown command": ([sys.executable, "-m", "hf_e2e_sae.cli", "trian"], "unknown command 'trian'"),
+        "init_from missing": (TRAIN + ["init_from=./no_such_sae"], "init_from: ./no_such_sae does not exist"),
     }
 
 

@@ -55,6 +55,8 @@ def resolve_folder(path_or_repo_id: Union[str, os.PathLike], subfolder: Optional
         if not folder.is_dir():
             raise FileNotFoundError(f"{local}: no subfolder {subfolder!r}")
         return folder
+    if str(path_or_repo_id).startswith(("./", "../", "/", "~")) or local.exists():
+        raise FileNotFoundError(f"{path_or_repo_id} does not exist (or is not a folder)")
     from huggingface_hub import snapshot_download
 
     patterns = [f"{subfolder.strip('/')}/*"] if subfolder else None

@@ -12,7 +12,9 @@ from transformers import AutoConfig
 from ..patching.architectures import check_site, num_blocks
 from ..patching.base_models import resolve_base_model
 from .arguments import ConfigError
+from ..sae.hub_interface import hub_function
 from .config import TrainConfig
+from .finetune import check_initial_sae
 from .local_data import check_local_files, local_source
 from .losses import default_downstream_sites
 
@@ -62,10 +64,21 @@ def check_data(config: TrainConfig) -> None:
         check_local_files(*local, config.data.text_column, config.data.tokenized_column)
 
 
+def check_init_from(config: TrainConfig) -> None:
+    """The SAE `init_from` names exists, is readable, and sits where the config trains (site, width)."""
+    if config.init_from is None:
+        return
+    try:
+        check_initial_sae(config, hub_function("load_sae")(config.init_from))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"init_from: {' '.join(str(e).split())}") from None
+
+
 def preflight(config: TrainConfig, world_size: int = 1) -> None:
     """All checks of a training run that need more than the config itself; raises `ConfigError`."""
     check_batch_sizes(config, world_size)
     check_data(config)
+    check_init_from(config)
     base_config = _base_model_config(config)
     check_sites(config, base_config)
     check_downstream(config, base_config)

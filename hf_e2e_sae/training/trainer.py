@@ -3,9 +3,10 @@
     accelerate launch examples/train.py examples/configs/tiny-e2e.yaml --loss.sparsity.coeff 3
     hf-e2e-sae train examples/configs/tiny-e2e.yaml
 
-Per micro-batch (batch, seq):
-    e2e / e2e+ds: clean pass under no_grad with SAEs disabled -> target logits (+ downstream acts)
-    SAE pass -> logits, latents, reconstructions -> compute_losses -> backward (SAE params only)
+Per micro-batch (batch, seq), the fast step of `training.step`:
+    e2e / e2e+ds: clean pass under no_grad with SAEs disabled, recording the output of the blocks before the
+        first SAE and the final hidden states -> SAE pass replaying those blocks -> KL fused with the
+        unembedding (+ downstream MSE) + the registered extra terms -> backward (SAE params only)
     local: the SAE pass stops after the last SAE site; no clean pass.
 """
 from __future__ import annotations
@@ -23,26 +24,26 @@ from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env, se
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
-from .arguments import to_dict
-from .output_dir import prepare_output_dir, staged_dir
-from .redaction import config_yaml, redact_secrets
-from .resume_compat import check_resume_compatible
-from .safety import check_step_finite, json_text
+from ..evaluation.metrics import evaluate
+from ..patching.architectures import hidden_size, num_blocks
+from ..patching.base_models import portable_base_name, resolve_base_model
+from ..patching.patched_model import SAEPatchedModel
 from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
-from .data import build_datasets, create_dataloader, skip_samples
-from ..evaluation.metrics import evaluate
+from ..sae.model import SparseAutoencoder
 from .architecture_config import activation_options
+from .arguments import to_dict
+from .checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
+from .config import TrainConfig
+from .data import build_datasets, create_dataloader, skip_samples
 from .finetune import load_initial_sae
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
-from ..sae.model import SparseAutoencoder
-from ..patching.base_models import portable_base_name, resolve_base_model
-from ..patching.patched_model import SAEPatchedModel
-from ..patching.architectures import hidden_size, num_blocks
-from .config import TrainConfig
+from .output_dir import prepare_output_dir, staged_dir
 from .preflight import preflight
+from .redaction import config_yaml, redact_secrets
+from .resume_compat import check_resume_compatible
+from .safety import check_step_finite, json_text
 from .step import micro_batch_loss as fast_micro_batch_loss
 
 logger = logging.getLogger(__name__)
