@@ -123,6 +123,8 @@ def test_unknown_keys_suggest_the_nearest_name_or_list_the_valid_ones():
         load_config(Run, None, ["loss.sparsity.cof=3"])
     with pytest.raises(ConfigError, match=r"'zzz'; valid keys: name, lr, steps"):
         load_config(Run, None, ["zzz=1"])
+    with pytest.raises(ConfigError, match=r"'loss\.zzz'; valid keys under 'loss': preset, sparsity$"):
+        load_config(Run, None, ["loss.zzz=1"])
 
 
 def test_file_errors_are_one_line(tmp_path):

@@ -346,3 +346,15 @@ def test_local_files_and_folders_just_work(tokenizer, docs, tmp_path, monkeypatc
         reference = build_datasets(DataConfig(path="json", data_files=str(_write_local(tmp_path, "jsonl", docs)),
                                               context_length=L, n_eval_samples=2, shuffle=False), tokenizer)[0]
         assert _chunks(train) == _chunks(reference)
+
+
+def test_epochs_repeat_the_training_chunks_in_new_orders(tokenizer, fake_builtin):
+    one, _ = build_datasets(_cfg(shuffle=True), tokenizer)
+    n = len(one)
+    with pytest.raises(ValueError, match=r"max_epochs=1"):
+        build_datasets(_cfg(shuffle=True), tokenizer, n_train_samples=2 * n + 3)
+    many, _ = build_datasets(_cfg(shuffle=True, max_epochs=3), tokenizer, n_train_samples=2 * n + 3)
+    chunks = _chunks(many)
+    assert len(chunks) == 2 * n + 3
+    assert chunks[:n] == _chunks(one)  # the first pass is exactly the one-epoch order
+    assert sorted(chunks[n:2 * n]) == sorted(chunks[:n]) and chunks[n:2 * n] != chunks[:n]  # same chunks, new order

@@ -159,7 +159,8 @@ def _unknown_key(cls: type, loc: tuple, value: Any) -> str:
         path.append(str(child))
     valid = [name for name, _ in iter_fields(cls)]
     parent = ".".join(path[:len(loc) - 1])
-    siblings = [n for n in valid if n.rsplit(".", 1)[0] == parent] if parent else [n for n in valid if "." not in n]
+    siblings = [n for n in valid if "." in n and n.rsplit(".", 1)[0] == parent] if parent else \
+        [n for n in valid if "." not in n]
     suffix = ".".join(path[len(loc):])
     guesses = []
     unknown = path[len(loc) - 1]

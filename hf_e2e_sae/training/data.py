@@ -82,6 +82,9 @@ class DataConfig(ConfigModel):
     """Shuffle buffer size (in samples) when streaming."""
     num_proc: Optional[int] = Field(None, ge=1)
     """Processes for loading, tokenizing and packing map-style data (ignored when streaming)."""
+    max_epochs: int = Field(1, ge=1)
+    """Map-style data only: repeat the training chunks up to this many times (each pass in its own seeded order)
+    when n_samples asks for more than one pass holds."""
     map_batch_size: int = Field(1000, ge=1)
     """Rows per `datasets.map` batch / tokenizer call."""
     load_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -305,14 +308,22 @@ def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional
         prepared_eval = prepared_train if held_out else _prepare(eval_src, config, tokenizer, pre_eval)
         eval_ds = _slice(prepared_eval, pre_eval, config, 0, n_eval, f"eval data ({where_eval}, n_eval_samples)")
         train = _slice(prepared_train, pre_train, config, skip, None, f"training data ({where_train})")
-        if n_train_samples is not None and n_train_samples > len(train):
+        if n_train_samples is not None and n_train_samples > len(train) * config.max_epochs:
             raise ValueError(f"n_train_samples={n_train_samples} but the training data ({where_train}) has only "
-                             f"{len(train)} chunks of {L} tokens after the held-out eval set")
-        train = train.shuffle(seed=seed) if config.shuffle else train
+                             f"{len(train)} chunks of {L} tokens after the held-out eval set (x data.max_epochs="
+                             f"{config.max_epochs} passes)")
+        train = _epochs(train, n_train_samples, seed, config.shuffle)
         train = train.select(range(n_train_samples)) if n_train_samples is not None else train
         logger.info("Training data: %d chunks of %d tokens", len(train), L)
     logger.info("Eval data: %d chunks (%s)", len(eval_ds), f"held out from {where_train}" if held_out else where_eval)
     return train.with_format("torch"), eval_ds.with_format("torch")
+
+
+def _epochs(train: Dataset, n_samples: Optional[int], seed: int, shuffle: bool) -> Dataset:
+    """As many passes over `train` as `n_samples` needs, pass e shuffled with seed + e (pass 0 as one epoch)."""
+    n_passes = 1 if n_samples is None else max(1, -(-n_samples // len(train)))
+    passes = [train.shuffle(seed=seed + e) if shuffle else train for e in range(n_passes)]
+    return passes[0] if n_passes == 1 else datasets.concatenate_datasets(passes)
 
 
 AnyData = Union[TrainData, torch.utils.data.Dataset]
