@@ -3,7 +3,7 @@
 Importing the package registers `SAEConfig` / `SparseAutoencoder` with transformers' `AutoConfig`
 and `AutoModel` under the model type "hf_e2e_sae" (no `trust_remote_code` needed), and connects the
 Hub layer (`hf_e2e_sae.hub`) to the models. The layers, bottom to top: `sae`, `patching`,
-`evaluation`, `training`, `hub`, `interop`, `cli` (see docs/ARCHITECTURE.md).
+`evaluation`, `training`, `hub`, `interop`, `analysis`, `cli` (see docs/ARCHITECTURE.md).
 """
 
 from .version import __version__
