@@ -54,15 +54,16 @@ def run_one(sweep: dict, kind: str, lam: float, out_dir: Path) -> dict:
     }
 
 
-def interpolate_ratio(rows: list, kind: str, n_points: int = 5) -> dict:
-    """CE loss increase of `kind` / local at equal L0, interpolated (in log L0) on the common L0 range."""
+def interpolate_ratio(rows: list, kind: str, n_points: int = 5, reference: str = "local", key: str = "type") -> dict:
+    """CE loss increase of `kind` / `reference` at equal L0, interpolated (in log L0) on the common L0 range;
+    rows are grouped by `key` ("type" here, "series" in sweep_architectures.py)."""
     def curve(t):
-        pts = sorted((r["l0"], r["ce_loss_increase"]) for r in rows if r["type"] == t)
+        pts = sorted((r["l0"], r["ce_loss_increase"]) for r in rows if r[key] == t)
         return np.log([p[0] for p in pts]), np.array([p[1] for p in pts])
-    (lx, ly), (kx, ky) = curve("local"), curve(kind)
+    (lx, ly), (kx, ky) = curve(reference), curve(kind)
+    if len(lx) < 2 or len(kx) < 2 or max(lx.min(), kx.min()) >= min(lx.max(), kx.max()):
+        return {"common_l0": None, "l0_points": [], "ratios": [], "mean_ratio": None}
     low, high = max(lx.min(), kx.min()), min(lx.max(), kx.max())
-    if len(lx) < 2 or len(kx) < 2 or low >= high:
-        return {"common_l0": None, "ratios": [], "mean_ratio": None}
     grid = np.linspace(low, high, n_points)
     ratios = np.interp(grid, kx, ky) / np.interp(grid, lx, ly)
     return {"common_l0": [float(np.exp(low)), float(np.exp(high))], "l0_points": np.exp(grid).round(2).tolist(),

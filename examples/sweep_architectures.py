@@ -22,6 +22,9 @@ import numpy as np
 import yaml
 
 from hf_e2e_sae.training.config import load_train_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import interpolate_ratio  # noqa: E402  (examples/sweep.py: the same reading at equal L0)
 from hf_e2e_sae.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,16 +53,7 @@ def run_one(sweep: dict, series: str, value, out_dir: Path) -> dict:
 
 def ratio_at_equal_l0(rows: list, a: str, b: str, n_points: int = 5) -> dict:
     """CE loss increase of series `a` / series `b` at equal L0, interpolated in log L0 on the common range."""
-    def curve(series):
-        pts = sorted((r["l0"], r["ce_loss_increase"]) for r in rows if r["series"] == series)
-        return np.log([p[0] for p in pts]), np.array([p[1] for p in pts])
-    (ax, ay), (bx, by) = curve(a), curve(b)
-    if len(ax) < 2 or len(bx) < 2 or max(ax.min(), bx.min()) >= min(ax.max(), bx.max()):
-        return {"common_l0": None, "l0_points": [], "ratios": [], "mean_ratio": None}
-    grid = np.linspace(max(ax.min(), bx.min()), min(ax.max(), bx.max()), n_points)
-    ratios = np.interp(grid, ax, ay) / np.interp(grid, bx, by)
-    return {"common_l0": [float(np.exp(grid[0])), float(np.exp(grid[-1]))], "l0_points": np.exp(grid).round(2).tolist(),
-            "ratios": ratios.round(3).tolist(), "mean_ratio": float(ratios.mean())}
+    return interpolate_ratio(rows, a, n_points, reference=b, key="series")
 
 
 def write_table(rows: list, results: Path) -> None:
