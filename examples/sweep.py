@@ -1,21 +1,24 @@
 """Sparsity sweep: local vs e2e vs e2e+ds SAEs at one site, evaluated on held-out text.
 
     python examples/sweep.py                                   # examples/configs/sweep-tiny.yaml
-    python examples/sweep.py my-sweep.yaml                     # your own sweep
-    python examples/sweep.py --only e2e                        # train one type's runs (e.g. in parallel
-                                                               # processes); a final plain run collects
+    python examples/sweep.py my-sweep.yaml --parallel 12       # train 12 runs at once (subprocesses; a GPU)
+    python examples/sweep.py --only e2e                        # train one type's runs; a final plain run collects
 
-The sweep file names a base training config, the run types with their sparsity coefficients, and
-where to write. Each run's output lands in `<runs_dir>/<type>-<lambda>/final`; a finished run is
-skipped when the sweep is started again (resumable). Writes to `results_dir`:
-  sweep.csv, sweep.md          one row per run (type, lambda, L0, alive, CE loss increase, KL, EV, downstream MSE)
-  ce_vs_l0.png, ce_vs_alive.png one curve per type
-  reading.md, reading.json     CE loss increase of e2e / e2e+ds relative to local at equal L0 (interpolated)
+The sweep file names a base training config, the run types with their sparsity coefficients, the seeds, optional
+variants (named lists of extra overrides, e.g. another learning rate) and where to write. Each run's output lands
+in `<runs_dir>/<type>-<lambda>-s<seed>[-<variant>]/final`; a finished run is skipped when the sweep is started
+again (resumable). Writes to `results_dir`:
+  sweep.csv                     one row per run (type, lambda, seed, variant, L0, alive, CE loss increase, ...)
+  sweep.md                      per type and lambda: the mean over seeds with the min-max spread
+  ce_vs_l0.png, ce_vs_alive.png one curve per type (seed means, min-max bars)
+  reading.md, reading.json      CE loss increase of e2e / e2e+ds relative to local at equal L0 (interpolated on
+                                the seed means), and each seed's own ratio
 """
 import argparse
 import csv
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,29 +32,79 @@ from hf_e2e_sae.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SWEEP = REPO / "examples" / "configs" / "sweep-tiny.yaml"
-COLUMNS = ["type", "lambda", "l0", "alive", "ce_loss_increase", "kl", "explained_variance", "downstream_mse", "minutes"]
+COLUMNS = ["type", "lambda", "seed", "variant", "l0", "alive", "ce_loss_increase", "kl", "explained_variance",
+           "downstream_mse", "minutes"]
 
 
-def run_one(sweep: dict, kind: str, lam: float, out_dir: Path) -> dict:
+def jobs_of(sweep: dict) -> list:
+    """Every run of a sweep: (type, lambda, seed, variant) for each variant x type x lambda x seed."""
+    variants = sweep.get("variants") or {"base": []}
+    return [(kind, float(lam), int(seed), variant) for variant in variants for kind, lams in sweep["lambdas"].items()
+            for lam in lams for seed in sweep.get("seeds", [0])]
+
+
+def run_dir(sweep: dict, kind: str, lam: float, seed: int, variant: str) -> Path:
+    name = f"{kind}-{lam:g}-s{seed}" + ("" if variant == "base" else f"-{variant}")
+    return REPO / sweep["runs_dir"] / name
+
+
+def run_one(sweep: dict, kind: str, lam: float, seed: int = 0, variant: str = "base") -> dict:
     """Train (unless already finished) and return the run's table row."""
+    out_dir = run_dir(sweep, kind, lam, seed, variant)
     metrics_file = out_dir / "final" / "eval_metrics.json"
     if not metrics_file.exists():
-        overrides = [f"loss.preset={kind}", f"loss.sparsity.coeff={lam}", f"output_dir={out_dir}"]
+        overrides = [f"loss.preset={kind}", f"loss.sparsity.coeff={lam}", f"seed={seed}", f"output_dir={out_dir}",
+                     "overwrite_output_dir=true"]
         overrides += sweep.get("overrides", {}).get("all", []) + sweep.get("overrides", {}).get(kind, [])
+        overrides += (sweep.get("variants") or {}).get(variant, [])
         config = load_train_config(REPO / sweep["train_config"], overrides)
         start = time.time()
         train(config)
         (out_dir / "final" / "minutes.txt").write_text(f"{(time.time() - start) / 60:.2f}\n")
     m = json.loads(metrics_file.read_text())
-    site = sweep["site"]
+    site = sweep["site"] if variant == "base" else (sweep.get("variant_sites") or {}).get(variant, sweep["site"])
     downstream = [v for k, v in m.items() if k.startswith("downstream_mse/")]
     return {
-        "type": kind, "lambda": lam, "l0": m[f"l0/{site}"], "alive": m[f"alive/{site}"],
-        "ce_loss_increase": m["ce_loss_increase"], "kl": m["kl"],
+        "type": kind, "lambda": lam, "seed": seed, "variant": variant, "l0": m[f"l0/{site}"],
+        "alive": m[f"alive/{site}"], "ce_loss_increase": m["ce_loss_increase"], "kl": m["kl"],
         "explained_variance": m[f"explained_variance/{site}"],
         "downstream_mse": float(np.mean(downstream)) if downstream else float("nan"),
         "minutes": float((out_dir / "final" / "minutes.txt").read_text()),
     }
+
+
+def train_in_parallel(sweep_file: str, sweep: dict, jobs: list, parallel: int) -> None:
+    """Train the unfinished runs as `parallel` subprocesses at a time (each `sweep.py --run ...`)."""
+    todo = [j for j in jobs if not (run_dir(sweep, *j) / "final" / "eval_metrics.json").exists()]
+    running = []
+    bar = tqdm(total=len(todo), desc="sweep runs")
+    while todo or running:
+        while todo and len(running) < parallel:
+            kind, lam, seed, variant = todo.pop(0)
+            cmd = [sys.executable, __file__, sweep_file, "--run", kind, str(lam), str(seed), variant]
+            log = run_dir(sweep, kind, lam, seed, variant).with_suffix(".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            running.append(subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT))
+        for proc in [p for p in running if p.poll() is not None]:
+            running.remove(proc)
+            bar.update(1)
+        time.sleep(1)
+    bar.close()
+
+
+def mean_rows(rows: list) -> list:
+    """Per (type, lambda, variant): the mean over seeds of each measured column, and its min-max spread."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["type"], r["lambda"], r["variant"]), []).append(r)
+    out = []
+    for (kind, lam, variant), rs in groups.items():
+        row = {"type": kind, "lambda": lam, "variant": variant, "seeds": len(rs)}
+        for key in ("l0", "alive", "ce_loss_increase", "kl", "explained_variance", "downstream_mse"):
+            values = [r[key] for r in rs]
+            row[key], row[f"{key}_min"], row[f"{key}_max"] = float(np.mean(values)), min(values), max(values)
+        out.append(row)
+    return out
 
 
 def interpolate_ratio(rows: list, kind: str, n_points: int = 5, reference: str = "local", key: str = "type") -> dict:
@@ -75,11 +128,17 @@ def write_table(rows: list, results: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| type | lambda | L0 | alive | CE loss increase | KL | explained variance | downstream MSE |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['type']} | {r['lambda']:g} | {r['l0']:.1f} | {r['alive']} | {r['ce_loss_increase']:.4f} "
-                     f"| {r['kl']:.4f} | {r['explained_variance']:.3f} | {r['downstream_mse']:.4g} |")
+    seeds = max(len({r["seed"] for r in rows}), 1)
+    lines = [f"Mean over {seeds} seed(s) (min-max in brackets):", "",
+             "| type | variant | lambda | L0 | alive | CE loss increase | KL | explained variance | downstream MSE |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in mean_rows(rows):
+        def cell(key, fmt):
+            spread = f" [{format(r[key + '_min'], fmt)}-{format(r[key + '_max'], fmt)}]" if r["seeds"] > 1 else ""
+            return format(r[key], fmt) + spread
+        lines.append(f"| {r['type']} | {r['variant']} | {r['lambda']:g} | {cell('l0', '.1f')} | {cell('alive', '.0f')} | "
+                     f"{cell('ce_loss_increase', '.4f')} | {cell('kl', '.4f')} | {cell('explained_variance', '.3f')} | "
+                     f"{cell('downstream_mse', '.4g')} |")
     (results / "sweep.md").write_text("\n".join(lines) + "\n")
 
 
@@ -89,16 +148,19 @@ def plot(rows: list, results: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    means = [r for r in mean_rows(rows) if r["variant"] == "base"]
     for x_key, name, label in [("l0", "ce_vs_l0.png", "L0 (active features per token)"),
                                ("alive", "ce_vs_alive.png", "alive dictionary elements")]:
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        for kind in dict.fromkeys(r["type"] for r in rows):
-            pts = sorted((r[x_key], r["ce_loss_increase"]) for r in rows if r["type"] == kind)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
+        for kind in dict.fromkeys(r["type"] for r in means):
+            pts = sorted((r for r in means if r["type"] == kind), key=lambda r: r[x_key])
+            ys = np.array([r["ce_loss_increase"] for r in pts])
+            err = np.array([[y - r["ce_loss_increase_min"], r["ce_loss_increase_max"] - y] for y, r in zip(ys, pts)]).T
+            ax.errorbar([r[x_key] for r in pts], ys, yerr=err, marker="o", capsize=3, label=kind)
         ax.set_xlabel(label)
         ax.set_yscale("log")  # the increase spans two orders of magnitude over a sweep
         ax.set_ylabel("CE loss increase (nats/token, log scale)")
-        ax.set_title(f"{x_key.upper() if x_key == 'l0' else 'Alive'} vs CE loss increase (held-out)")
+        ax.set_title(f"{x_key.upper() if x_key == 'l0' else 'Alive'} vs CE loss increase (held-out; seed min-max)")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -106,27 +168,47 @@ def plot(rows: list, results: Path) -> None:
         plt.close(fig)
 
 
+def sweep_reading(rows: list, kinds: list) -> dict:
+    """Per type: the ratio to local at equal L0 on the seed means, and the range of the per-seed ratios."""
+    base = [r for r in rows if r["variant"] == "base"]
+    reading = {}
+    for kind in kinds:
+        reading[kind] = interpolate_ratio(mean_rows(base), kind)
+        per_seed = [interpolate_ratio([r for r in base if r["seed"] == s], kind)["mean_ratio"]
+                    for s in sorted({r["seed"] for r in base})]
+        reading[kind]["per_seed_mean_ratio"] = per_seed
+    return reading
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", nargs="?", default=str(DEFAULT_SWEEP), help="sweep YAML")
     parser.add_argument("--only", help="train only this type's runs; write no results")
+    parser.add_argument("--parallel", type=int, default=1, help="train this many runs at once (subprocesses)")
+    parser.add_argument("--run", nargs=4, metavar=("TYPE", "LAMBDA", "SEED", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     sweep = yaml.safe_load(Path(args.sweep_file).read_text())
-    runs_dir, results = REPO / sweep["runs_dir"], REPO / sweep["results_dir"]
-    jobs = [(kind, float(lam)) for kind, lams in sweep["lambdas"].items() for lam in lams]
-    if args.only:
-        for kind, lam in tqdm([j for j in jobs if j[0] == args.only], desc=f"sweep {args.only}"):
-            run_one(sweep, kind, lam, runs_dir / f"{kind}-{lam:g}")
+    results = REPO / sweep["results_dir"]
+    jobs = jobs_of(sweep)
+    if args.run:  # one run, in this process (what --parallel starts)
+        kind, lam, seed, variant = args.run
+        run_one(sweep, kind, float(lam), int(seed), variant)
         return
-    results.mkdir(parents=True, exist_ok=True)
+    if args.only:
+        for job in tqdm([j for j in jobs if j[0] == args.only], desc=f"sweep {args.only}"):
+            run_one(sweep, *job)
+        return
     start = time.time()
+    if args.parallel > 1:
+        train_in_parallel(args.sweep_file, sweep, jobs, args.parallel)
+    results.mkdir(parents=True, exist_ok=True)
     rows = []
-    for kind, lam in tqdm(jobs, desc="sweep"):
-        rows.append(run_one(sweep, kind, lam, runs_dir / f"{kind}-{lam:g}"))
+    for job in tqdm(jobs, desc="sweep"):
+        rows.append(run_one(sweep, *job))
         write_table(rows, results)  # partial results survive an interruption
     plot(rows, results)
-    reading = {kind: interpolate_ratio(rows, kind) for kind in sweep["lambdas"] if kind != "local"}
+    reading = sweep_reading(rows, [kind for kind in sweep["lambdas"] if kind != "local"])
     total = sum(r["minutes"] for r in rows)
     reading["_timing"] = {"runs": len(rows), "training_minutes_summed": round(total, 1),
                           "this_invocation_minutes": round((time.time() - start) / 60, 1)}
@@ -150,6 +232,9 @@ def reading_text(reading: dict) -> str:
         low, high = r["common_l0"]
         points = ", ".join(f"{ratio:.0%} at L0 {l0:g}" for l0, ratio in zip(r["l0_points"], r["ratios"]))
         lines.append(f"- {kind}: {r['mean_ratio']:.0%} of local's on average over L0 {low:.1f}-{high:.1f} ({points}).")
+        per_seed = [x for x in r.get("per_seed_mean_ratio", []) if x is not None]
+        if len(per_seed) > 1:
+            lines.append(f"  Per seed: {', '.join(f'{x:.0%}' for x in per_seed)}.")
     return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
