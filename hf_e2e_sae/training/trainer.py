@@ -16,7 +16,6 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
