@@ -124,3 +124,39 @@ def test_unusual_heads_fall_back_to_logits():
     assert lm_head(model) is model.base_model.lm_head
     gemma2 = SAEPatchedModel(tiny_model("gemma2"), make_sae("blocks.1.resid_pre"))
     assert gemma2.config.final_logit_softcapping and lm_head(gemma2) is None  # soft-capped: logits as usual
+
+
+def _topk_sae(site: str, seed: int) -> "SparseAutoencoder":
+    from hf_e2e_sae.sae.config import SAEConfig
+    from hf_e2e_sae.sae.model import SparseAutoencoder
+
+    torch.manual_seed(seed)
+    return SparseAutoencoder(SAEConfig(d_in=HIDDEN, dict_size=4 * HIDDEN, site=site, activation="topk", k=5))
+
+
+@pytest.mark.parametrize("preset", ["e2e", "e2e+ds", "local"])
+def test_fast_step_with_sparse_topk_records_equals_reference_with_auxk_and_l1(preset):
+    """The fast step keeps TopK codes sparse (no dense latents or pre-activations); with an L1 term and AuxK (which
+    then recomputes the pre-activations) its loss, terms, gradients, L0 and fired latents equal the dense path's."""
+    from hf_e2e_sae.sae.sparse_code import firing
+    from hf_e2e_sae.training.loss_terms import add_loss_terms, build_loss_terms
+
+    model = SAEPatchedModel(tiny_model("gpt2"), [_topk_sae("blocks.0.mlp_out", 1), _topk_sae("blocks.1.resid_pre", 2)])
+    loss = LossConfig(preset=preset, sparsity={"coeff": 0.5}, auxk={"coeff": 0.3, "dead_after_tokens": 0})
+    downstream = default_downstream_sites(model.sites, LAYERS) if loss.downstream.coeff > 0 else []
+    ids, results = random_ids(), []
+    for step in (reference_micro_batch_loss, micro_batch_loss):
+        model.zero_grad(set_to_none=True)
+        total, terms, outputs = step(model, model, ids, loss, downstream, HIDDEN)
+        saes = {site: model.sae(site) for site in outputs}
+        total, terms = add_loss_terms(build_loss_terms(loss), total, terms, outputs, saes, HIDDEN)
+        total.backward()
+        grads = {name: p.grad.clone() for name, p in model.saes.named_parameters()}
+        results.append((total.detach(), terms, grads, {s: firing(o, 4 * HIDDEN) for s, o in outputs.items()}, outputs))
+    (*reference, fired_r, outs_r), (*fast, fired_f, outs_f) = results
+    assert all(o.latents is None and o.pre_activations is None for o in outs_f.values())  # really sparse
+    assert all(o.latents is not None for o in outs_r.values())
+    assert float(reference[1]["auxk"]) > 0
+    _assert_equal(reference, fast)
+    for site in fired_r:
+        assert torch.equal(fired_f[site][0], fired_r[site][0]) and torch.equal(fired_f[site][1], fired_r[site][1])

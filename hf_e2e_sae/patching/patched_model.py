@@ -52,12 +52,16 @@ class SiteOutput(ModelOutput):
         latents (`(batch, seq, dict_size)`): its sparse code.
         reconstruction (`(batch, seq, d_in)`): what was spliced in instead.
         pre_activations (`(batch, seq, dict_size)`): the encoder output before the activation.
+        code_values, code_indices (`(batch, seq, k)`): a TopK-like code's kept values and their indices; inside
+            `sparse_records()` the only form of the code (`latents` and `pre_activations` are None).
     """
 
     input: Optional[torch.Tensor] = None
     latents: Optional[torch.Tensor] = None
     reconstruction: Optional[torch.Tensor] = None
     pre_activations: Optional[torch.Tensor] = None
+    code_values: Optional[torch.Tensor] = None
+    code_indices: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -161,6 +165,7 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         base_model.eval()
 
         self._saes_enabled = True
+        self._sparse_records = False
         self._records: Optional[dict] = None
         self._handles = [
             add_hook(r.module, r.rewrite, self._make_sae_rewrite(site)) for site, r in resolved.items()
@@ -192,13 +197,14 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
             if not self._saes_enabled:
                 return None
             sae = self.saes[sae_key]
-            out = sae(x.to(sae.dtype))
+            out = sae(x.to(sae.dtype), sparse_output=self._sparse_records and not self._interventions)
             if self._interventions:  # steer() / ablate() (patching/interventions.py)
                 out = self.intervene(site, out)
             reconstruction = restore_token_mean(sae.config, x, out.reconstruction)  # the model's basis
             if self._records is not None:
                 self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=reconstruction,
-                                                 pre_activations=out.pre_activations)
+                                                 pre_activations=out.pre_activations, code_values=out.code_values,
+                                                 code_indices=out.code_indices)
             return reconstruction.to(x.dtype)
 
         return rewrite
@@ -221,6 +227,16 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
             yield
         finally:
             self._saes_enabled = previous
+
+    @contextlib.contextmanager
+    def sparse_records(self) -> Iterator[None]:
+        """Record TopK-like codes only as `code_values` / `code_indices` (no dense `(batch, seq, dict_size)` latents
+        or pre-activations): what the trainer's fast step needs, in a fraction of the memory and time."""
+        previous, self._sparse_records = self._sparse_records, True
+        try:
+            yield
+        finally:
+            self._sparse_records = previous
 
     def train(self, mode: bool = True) -> "SAEPatchedModel":
         """Train mode applies to the SAEs only; the frozen base always stays in eval mode."""

@@ -18,11 +18,12 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .activations import build_activation
+from .activations import ACTIVATION_SPECS, build_activation
 from .basis import prepare_input, undo_input_scale
 from .config import SAEConfig
 from .finite import check_finite_weights
 from .hub_interface import hub_function
+from .sparse_code import scatter_dense, sparse_decode, topk_encode
 
 
 @dataclass
@@ -34,11 +35,16 @@ class SAEOutput(ModelOutput):
         reconstruction (`torch.Tensor` of shape `(..., d_in)`): x_hat.
         pre_activations (`torch.Tensor` of shape `(..., dict_size)`): W_enc x + b_enc, before the activation
             (what AuxK and L0 straight-through estimators need).
+        code_values, code_indices (`torch.Tensor` of shape `(..., k)`): for a TopK-like activation, the code as its
+            k kept values (after ReLU) and their latent indices (None otherwise). With `sparse_output=True` they
+            are the only form of the code: `latents` and `pre_activations` are None.
     """
 
     latents: Optional[torch.Tensor] = None
     reconstruction: Optional[torch.Tensor] = None
     pre_activations: Optional[torch.Tensor] = None
+    code_values: Optional[torch.Tensor] = None
+    code_indices: Optional[torch.Tensor] = None
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -86,13 +92,37 @@ class SparseAutoencoder(PreTrainedModel):
         weight = F.normalize(self.decoder.weight, dim=0) if self.config.normalize_decoder else self.decoder.weight
         return undo_input_scale(self.config, F.linear(latents, weight, self.decoder.bias))
 
-    def forward(self, hidden_states: torch.Tensor, return_dict: bool = True) -> SAEOutput:
+    def forward(self, hidden_states: torch.Tensor, return_dict: bool = True, sparse_output: bool = False) -> SAEOutput:
+        """Encode and decode `hidden_states` `(..., d_in)`.
+
+        Args:
+            sparse_output: for a TopK-like activation, return the code as `code_values` / `code_indices` and leave
+                the dense `(..., dict_size)` `latents` and `pre_activations` unmade (the trainer's fast step).
+        """
+        if ACTIVATION_SPECS[self.config.activation].sparse_code:
+            return self._sparse_forward(hidden_states, return_dict, sparse_output)
         pre_activations = self.pre_activations(hidden_states)
         latents = self.activation(pre_activations)
         reconstruction = self.decode(latents)
         if not return_dict:
             return (latents, reconstruction)
         return SAEOutput(latents=latents, reconstruction=reconstruction, pre_activations=pre_activations)
+
+    def _sparse_forward(self, hidden_states: torch.Tensor, return_dict: bool, sparse_output: bool):
+        """`forward` for a TopK-like code: the same outputs as `encode` / `decode`, with k-sparse decoding and
+        gradients (`sae/sparse_code.py`)."""
+        x = prepare_input(self.config, hidden_states, self.decoder.bias)
+        pre, values, indices = topk_encode(x, self.encoder.weight, self.encoder.bias, self.activation.k,
+                                           keep_pre=not sparse_output)
+        reconstruction = undo_input_scale(self.config, sparse_decode(
+            values, indices, self.decoder.weight, self.decoder.bias, normalize=self.config.normalize_decoder))
+        if sparse_output:
+            return SAEOutput(reconstruction=reconstruction, code_values=values, code_indices=indices)
+        latents = scatter_dense(values, indices, self.config.dict_size)
+        if not return_dict:
+            return (latents, reconstruction)
+        return SAEOutput(latents=latents, reconstruction=reconstruction, pre_activations=pre,
+                         code_values=values, code_indices=indices)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

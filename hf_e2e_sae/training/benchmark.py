@@ -2,9 +2,12 @@
 
 Every system trains an SAE at the middle block of the same random GPT-2 on the same tokens. Step times are
 measured in one process with repetitions interleaved (system A, B, C, A, B, C, ...), so that a busy machine
-slows all of them alike; the median is reported. Peak memory of one step: on CUDA the max allocated over the
-allocated memory before the step; on CPU the peak RSS of a fresh subprocess over its RSS once its model and SAE
-are built (the kernel's high-water mark, reset with /proc/self/clear_refs).
+slows all of them alike; the median is reported. Peak memory of one step, after a first step has made the
+optimizer states: on CUDA the max allocated over the allocated memory before the step; on CPU the peak RSS of a
+fresh subprocess over its RSS before the step (the kernel's high-water mark, reset with /proc/self/clear_refs,
+with glibc unmapping every freed block of 64 KiB or more). On CPU the table and JSON also give the RSS the first step
+added and kept (`state_bytes`: the optimizer states, the same for every system training the same SAE, plus
+whatever the first call loads).
 
     hf-e2e-sae bench --shape A --shape B --device cpu --out bench.json
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -95,25 +99,33 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def cpu_peak_in_this_process(step: Callable) -> int:
-    """Peak RSS of two steps over the RSS before them (run in a fresh process: see `cpu_peak`)."""
+def cpu_peak_in_this_process(step: Callable) -> tuple:
+    """`(state, peak)` bytes: the RSS that a first step adds and keeps (optimizer states), and the peak RSS of the
+    next step over the RSS before it: what the step itself needs, as `cuda_peak` measures on a GPU. Run in a fresh
+    process with glibc returning freed blocks at once (see `cpu_peak`), so RSS follows live memory."""
+    start = _rss_bytes("VmRSS")
+    step()  # optimizer states exist from here on
     before = _rss_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset the high-water mark to the current RSS
     step()
-    step()
-    return _rss_bytes("VmHWM") - before
+    return before - start, _rss_bytes("VmHWM") - before
 
 
-def cpu_peak(system: str, shape_name: str, seed: int) -> Optional[int]:
-    """Run `cpu_peak_in_this_process` for one system in a fresh interpreter (nothing cached from others)."""
+def cpu_peak(system: str, shape_name: str, seed: int, dtype: str) -> tuple:
+    """Run `cpu_peak_in_this_process` for one system in a fresh interpreter (nothing cached from others);
+    `(state, peak)` bytes, or `(None, None)` when the probe failed."""
     cmd = [sys.executable, "-m", "hf_e2e_sae.training.benchmark", "--memory-probe", system, "--shape", shape_name,
-           "--seed", str(seed)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+           "--seed", str(seed), "--dtype", dtype]
+    # Every block of 64 KiB or more is its own mmap, unmapped when freed: glibc would otherwise keep freed blocks
+    # below its (adaptive, up to 32 MiB) threshold resident, and RSS would not fall back between steps.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     if done.returncode != 0:
         logger.warning("memory probe of %s failed: %s", system, done.stderr.strip().splitlines()[-1:])
-        return None
-    return int(done.stdout.strip().splitlines()[-1])
+        return None, None
+    state, peak = done.stdout.strip().splitlines()[-1].split()
+    return int(state), int(peak)
 
 
 def run(shape_name: str, device: str, repeats: int, warmup: int, names: list, seed: int = 0,
@@ -124,15 +136,17 @@ def run(shape_name: str, device: str, repeats: int, warmup: int, names: list, se
     available = [n for n in names if systems.available(n)]
     steps = {name: systems.build(name, shape, dev, batch, seed, dtype) for name in available}
     seconds = time_steps(steps, dev, repeats, warmup)
+    states: dict = {name: None for name in available}
     if dev.type == "cuda":
         peaks = {name: cuda_peak(step, dev) for name, step in steps.items()}
     else:
         del steps  # free this process's copies before the probes start
-        peaks = {name: cpu_peak(name, shape_name, seed) for name in available}
+        probes = {name: cpu_peak(name, shape_name, seed, dtype) for name in available}
+        states, peaks = {n: p[0] for n, p in probes.items()}, {n: p[1] for n, p in probes.items()}
     result = {"shape": asdict(shape), "shape_name": shape_name, "device": str(dev), "dtype": dtype,
               "torch": torch.__version__, "repeats": repeats, "missing": [n for n in names if n not in available],
               "systems": {name: {"step_s": seconds[name], "tokens_per_s": shape.tokens / seconds[name],
-                                 "peak_bytes": peaks[name]} for name in available}}
+                                 "peak_bytes": peaks[name], "state_bytes": states[name]} for name in available}}
     result["ratios"] = ratios(result["systems"])
     return result
 
@@ -161,10 +175,11 @@ def format_table(result: dict) -> str:
     lines = [f"shape {result['shape_name']}: {shape['n_layer']} layers x d{shape['d_model']}, vocab {shape['vocab']}, "
              f"ctx {shape['ctx']}, batch {shape['batch']}, dict {shape['dict_ratio']}x at {SHAPES[result['shape_name']].site}"
              f" on {result['device']} ({result['dtype']})",
-             f"  {'system':<22}{'step ms':>10}{'tokens/s':>12}{'peak MB':>10}"]
+             f"  {'system':<22}{'step ms':>10}{'tokens/s':>12}{'peak MB':>10}{'state MB':>10}"]
     for name, r in result["systems"].items():
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] is not None else "n/a"
-        lines.append(f"  {name:<22}{r['step_s'] * 1e3:>10.1f}{r['tokens_per_s']:>12.0f}{peak:>10}")
+        state = f"{r['state_bytes'] / 2**20:.0f}" if r.get("state_bytes") is not None else "n/a"
+        lines.append(f"  {name:<22}{r['step_s'] * 1e3:>10.1f}{r['tokens_per_s']:>12.0f}{peak:>10}{state:>10}")
     lines += [f"  {name:<40}{value:.3f}" for name, value in result["ratios"].items()]
     if result["missing"]:
         lines.append(f"  not measured (package missing): {', '.join(result['missing'])}")
@@ -189,7 +204,7 @@ def main(argv: Optional[list] = None) -> int:
         dev = torch.device("cpu")
         step = systems.build(args.memory_probe, shape, dev, systems.random_batch(shape, dev, args.seed), args.seed,
                              args.dtype)
-        sys.stdout.write(f"{cpu_peak_in_this_process(step)}\n")
+        sys.stdout.write("%d %d\n" % cpu_peak_in_this_process(step))
         return 0
     torch.manual_seed(args.seed)
     names = [s.strip() for s in args.systems.split(",") if s.strip()]

@@ -23,6 +23,7 @@ from ..patching.patched_model import SAEPatchedModel
 from ..sae.activations import ACTIVATIONS
 from ..sae.config import SAEConfig
 from ..sae.model import SparseAutoencoder
+from .architecture_config import apply_activation_defaults
 from .losses import LossConfig, default_downstream_sites
 from .step import micro_batch_loss, reference_micro_batch_loss
 from .trainer import make_optimizer
@@ -63,7 +64,8 @@ def _ours(shape, device, batch, seed, dtype, preset: str, fast: bool):
         d_in=shape.d_model, dict_size=shape.dict_ratio * shape.d_model, site=shape.site, **our_activation())))
     model.to(device)
     optimizer = make_optimizer(model.sae_parameters(), LR)
-    loss = LossConfig(preset=preset)
+    # As the trainer configures it (a TopK code gets no sparsity penalty)
+    loss = LossConfig(**apply_activation_defaults({**our_activation(), "loss": {"preset": preset}})["loss"])
     downstream = default_downstream_sites(model.sites, shape.n_layer) if loss.downstream.coeff > 0 else []
     compute = micro_batch_loss if fast else reference_micro_batch_loss
 

@@ -33,6 +33,25 @@ def _matmul_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def _chunk_kl(h_sae, h_orig, weight, mm_weight, bias, weights, grad_h) -> torch.Tensor:
+    """The weighted KL of one chunk of tokens; writes its gradient w.r.t. `h_sae` into `grad_h` (when given).
+
+    A function of its own so that the chunk's (chunk, V) temporaries are freed on return, before the next
+    chunk makes its own: at most four of them exist at once.
+    """
+    # log-softmax straight from the (possibly bf16) logits into float32: one fused pass each
+    log_q = F.log_softmax(F.linear(h_sae, weight, bias), dim=-1, dtype=torch.float32)
+    log_p = F.log_softmax(F.linear(h_orig, weight, bias), dim=-1, dtype=torch.float32)
+    p = log_p.exp()  # (chunk, V)
+    kl = torch.linalg.vecdot(p, log_p.sub_(log_q))  # KL_t = p . (log p - log q), in place: no temporary
+    del log_p
+    if grad_h is not None:
+        dlogits = log_q.exp_().sub_(p).mul_(weights[:, None])  # (q - p) w_t, in place
+        del p
+        grad_h.copy_(dlogits.to(mm_weight.dtype) @ mm_weight)
+    return (kl * weights).sum()
+
+
 class _FusedUnembedKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_sae, h_orig, weight, bias, weights, chunk_tokens):
@@ -42,15 +61,8 @@ class _FusedUnembedKL(torch.autograd.Function):
         mm_weight = _matmul_weight(weight)
         for start in range(0, h_sae.shape[0], chunk_tokens):
             end = start + chunk_tokens
-            # log-softmax straight from the (possibly bf16) logits into float32: one fused pass each
-            log_q = F.log_softmax(F.linear(h_sae[start:end], weight, bias), dim=-1, dtype=torch.float32)
-            log_p = F.log_softmax(F.linear(h_orig[start:end], weight, bias), dim=-1, dtype=torch.float32)
-            p = log_p.exp()  # (chunk, V)
-            kl = torch.linalg.vecdot(p, log_p.sub_(log_q))  # KL_t = p . (log p - log q), in place: no temporary
-            total += (kl * weights[start:end]).sum()
-            if grad_h is not None:
-                dlogits = log_q.exp_().sub_(p).mul_(weights[start:end, None])  # (q - p) w_t, in place
-                grad_h[start:end] = (dlogits.to(mm_weight.dtype) @ mm_weight).to(grad_h.dtype)
+            total += _chunk_kl(h_sae[start:end], h_orig[start:end], weight, mm_weight, bias, weights[start:end],
+                               None if grad_h is None else grad_h[start:end])
         ctx.save_for_backward(grad_h)
         return total
 

@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from ..sae.sparse_code import firing
 from .losses import LossConfig, token_weights
 
 LossTerm = Callable[..., tuple]
@@ -59,8 +60,9 @@ class L0StraightThrough:
     def __call__(self, sae_outputs, saes, d_in, mask):
         loss = 0.0
         for site, out in sae_outputs.items():
-            per_token = saes[site].activation.l0(out.pre_activations).float().reshape(-1)
-            l0 = (per_token * token_weights(mask, out.pre_activations.shape[:-1], per_token.device)).sum() / d_in
+            pre = pre_activations(out, saes[site])
+            per_token = saes[site].activation.l0(pre).float().reshape(-1)
+            l0 = (per_token * token_weights(mask, pre.shape[:-1], per_token.device)).sum() / d_in
             loss = loss + self.coeff * (l0 - l0.detach())
         return loss, None
 
@@ -77,11 +79,9 @@ class AuxK:
         self.coeff, self.k_aux, self.dead_after_tokens = coeff, k_aux, dead_after_tokens
         self.tokens_since_fired: dict = {}
 
-    def dead_latents(self, site: str, latents: torch.Tensor) -> torch.Tensor:
-        """Update the per-latent counters with this batch's firing; the dead mask `(dict_size,)`."""
-        fired = (latents.detach() > 0).reshape(-1, latents.shape[-1]).any(0)
-        n_tokens = latents[..., 0].numel()
-        count = self.tokens_since_fired.get(site, torch.zeros(latents.shape[-1], dtype=torch.long, device=fired.device))
+    def dead_latents(self, site: str, fired: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """Update the per-latent counters with this batch's firing (`fired`: `(dict_size,)` bool); the dead mask."""
+        count = self.tokens_since_fired.get(site, torch.zeros(fired.shape[0], dtype=torch.long, device=fired.device))
         count = torch.where(fired, torch.zeros_like(count), count + n_tokens)
         self.tokens_since_fired[site] = count
         return count >= self.dead_after_tokens
@@ -89,8 +89,10 @@ class AuxK:
     def __call__(self, sae_outputs, saes, d_in, mask):
         total = 0.0
         for site, out in sae_outputs.items():
-            sae, dead = saes[site], self.dead_latents(site, out.latents)
-            pre = out.pre_activations.reshape(-1, out.pre_activations.shape[-1])
+            sae = saes[site]
+            dead = self.dead_latents(site, firing(out, sae.config.dict_size)[1], out.reconstruction[..., 0].numel())
+            pre = pre_activations(out, sae)
+            pre = pre.reshape(-1, pre.shape[-1])
             k = min(self.k_aux or max(1, d_in // 2), pre.shape[-1])
             values, indices = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
             aux_latents = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
@@ -102,6 +104,11 @@ class AuxK:
             sst = (weights * (e - mean).pow(2).sum(-1)).sum().clamp_min(1e-12)
             total = total + torch.where(dead.any(), sse / sst, torch.zeros_like(sse))
         return self.coeff * total, total
+
+
+def pre_activations(out, sae) -> torch.Tensor:
+    """The encoder outputs of an SAE output; recomputed from its input when the step kept only a sparse code."""
+    return out.pre_activations if out.pre_activations is not None else sae.pre_activations(out.input.to(sae.dtype))
 
 
 register_loss_term(

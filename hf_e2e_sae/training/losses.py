@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field, model_validator
 
+from ..sae.sparse_code import code_values
 from .arguments import ConfigModel
 from .fused_kl import auto_chunk_tokens
 
@@ -212,10 +213,12 @@ def compute_losses(
         detached scalars (terms with coefficient 0 are not computed).
     """
     terms: dict = {}
-    total = torch.zeros((), device=next(iter(sae_outputs.values())).latents.device)
-    sparsity = sum(sparsity_loss(o.latents, config.sparsity.p, d_in, mask) for o in sae_outputs.values())
+    total = torch.zeros((), device=next(iter(sae_outputs.values())).reconstruction.device)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and config.sparsity.coeff > 0):  # logged only at coeff 0
+        sparsity = sum(sparsity_loss(code_values(o), config.sparsity.p, d_in, mask) for o in sae_outputs.values())
     terms["sparsity"] = sparsity
-    total = total + config.sparsity.coeff * sparsity
+    if config.sparsity.coeff > 0:
+        total = total + config.sparsity.coeff * sparsity
     if config.reconstruction.coeff > 0:
         terms["reconstruction"] = sum(mse_loss(o.reconstruction, o.input, mask) for o in sae_outputs.values())
         total = total + config.reconstruction.coeff * terms["reconstruction"]

@@ -12,6 +12,8 @@ Fast (`micro_batch_loss`), the same loss and gradients (tests/test_fast_step.py 
     KL fused with the unembedding (`fused_unembed_kl`): logits chunk by chunk, the gradient w.r.t. the final
         hidden state made in the forward, never tokens x vocab logits with a graph.
 Local runs (no KL, no downstream term) stop after the last SAE in both paths and need no clean pass.
+The fast path records TopK codes sparsely (`SAEPatchedModel.sparse_records`): k values and indices per token
+instead of two tokens x dict_size tensors (latents, pre-activations) held until the loss.
 """
 from __future__ import annotations
 
@@ -46,13 +48,14 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
                      attention_mask: Optional[torch.Tensor] = None) -> tuple:
     """`(total, terms, sae_outputs)` the fast way (same arguments as `reference_micro_batch_loss`)."""
     if not loss.needs_logits:
-        return reference_micro_batch_loss(model, raw, input_ids, loss, downstream_sites, d_in, attention_mask)
+        with raw.sparse_records():
+            return reference_micro_batch_loss(model, raw, input_ids, loss, downstream_sites, d_in, attention_mask)
     head = lm_head(raw)  # None: soft-capped or otherwise unusual heads get their logits made as usual
     n_shared = prefix_blocks(raw.sites)
     capture = capturing_head_input if head is not None else _no_capture
     with torch.no_grad(), raw.saes_disabled(), recording_prefix(raw, n_shared) as prefix, capture(raw) as h_orig:
         clean = raw(input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
-    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae:
+    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae, raw.sparse_records():
         out = model(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
     kl = None
     if head is not None and loss.kl.coeff > 0:

@@ -30,6 +30,7 @@ from ..patching.patched_model import SAEPatchedModel
 from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
+from ..sae.sparse_code import firing
 from .architecture_config import activation_options
 from .arguments import to_dict
 from .checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
@@ -205,12 +206,11 @@ def micro_batch_loss(run: _Run, input_ids: torch.Tensor) -> tuple:
     return total, terms, sae_outputs
 
 
-def _track_alive(run: _Run, active: dict, n_tokens: int) -> dict:
-    """OR the fired elements (`active`: {site: (batch, seq, dict_size) bool}) into the current window; report and
-    reset when it is full."""
+def _track_alive(run: _Run, fired_now: dict, n_tokens: int) -> dict:
+    """OR the fired elements (`fired_now`: {site: (dict_size,) bool}) into the current window; report and reset
+    when it is full."""
     state, logs = run.state, {}
-    for site, is_active in active.items():
-        fired = is_active.reshape(-1, is_active.shape[-1]).any(0)
+    for site, fired in fired_now.items():
         state.fired[site] = fired if state.fired[site] is None else state.fired[site].to(fired.device) | fired
     state.window_tokens += n_tokens * run.accelerator.num_processes
     if state.window_tokens >= run.config.alive_window_tokens:
@@ -235,12 +235,13 @@ def train_step(run: _Run, batches: list) -> dict:
                 sums["grad_norm"] = acc.clip_grad_norm_(run.sae_parameters, config.max_grad_norm)
             run.optimizer.step()
             run.optimizer.zero_grad()
-        active = {site: out.latents.detach() > 0 for site, out in sae_outputs.items()}  # once, for L0 and alive
+        raw = acc.unwrap_model(run.model)
+        firings = {site: firing(out, raw.sae(site).config.dict_size) for site, out in sae_outputs.items()}
         step_terms = {"loss": total.detach(), **terms}
-        step_terms.update({f"l0/{site}": is_active.sum(-1).float().mean() for site, is_active in active.items()})
+        step_terms.update({f"l0/{site}": l0.float().mean() for site, (l0, _) in firings.items()})
         for name, value in step_terms.items():
             sums[name] = sums.get(name, 0.0) + value.float() / len(batches)
-        logs.update(_track_alive(run, active, input_ids.numel()))
+        logs.update(_track_alive(run, {site: fired for site, (_, fired) in firings.items()}, input_ids.numel()))
     run.scheduler.step()
     run.state.step += 1
     run.state.samples += config.effective_batch_size

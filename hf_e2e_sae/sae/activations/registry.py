@@ -45,6 +45,7 @@ class ActivationSpec:
     options: Mapping[str, ActivationOption] = field(default_factory=dict)
     structural_sparsity: bool = False
     differentiable_l0: bool = False
+    sparse_code: bool = False
 
 
 # Builders take the SAE's `SAEConfig` (typed by its base class: the config module imports this registry).
@@ -58,6 +59,7 @@ def register_activation(
     options: Mapping[str, ActivationOption] = None,
     structural_sparsity: bool = False,
     differentiable_l0: bool = False,
+    sparse_code: bool = False,
 ) -> None:
     """Make `activation=name` available in `SAEConfig`. `builder(config)` returns the module.
 
@@ -65,8 +67,9 @@ def register_activation(
         options: `{config key: ActivationOption}` this activation reads from the `SAEConfig`.
         structural_sparsity: sparsity fixed by construction; the sparsity penalty defaults to 0.
         differentiable_l0: the module provides `l0(pre_activations)` (needed for `loss.sparsity.p = 0`).
+        sparse_code: the module keeps the top `module.k` pre-activations per token; the SAE runs sparsely.
     """
-    spec = ActivationSpec(builder, dict(options or {}), structural_sparsity, differentiable_l0)
+    spec = ActivationSpec(builder, dict(options or {}), structural_sparsity, differentiable_l0, sparse_code)
     ACTIVATIONS[name] = builder
     ACTIVATION_SPECS[name] = spec
 

@@ -39,4 +39,4 @@ class TopKActivation(nn.Module):
 
 
 register_activation("topk", lambda config: TopKActivation(config.k, config.dict_size), options={"k": K_OPTION},
-                    structural_sparsity=True)
+                    structural_sparsity=True, sparse_code=True)
