@@ -6,15 +6,19 @@
 clean run. For each chunk of tokens this computes both chunks of logits, the per-token KL, and at once the
 gradient w.r.t. `h_sae` (as Liger-Kernel's fused linear cross-entropy does): d KL / d h = ((q - p) * w_t) @ W.
 So the forward holds one chunk of logits at a time, the autograd graph keeps only a (tokens, d_model) gradient,
-and the backward is a scaling: no logits are recomputed and the target's softmax is taken once.
+and the backward is a scaling: no logits are recomputed and the target's softmax is taken once. With
+`compile=True` (the trainer's default, `loss.kl.compile`) the per-chunk elementwise work (two log-softmaxes, the KL,
+q - p) runs as a few loops made by `torch.compile` instead of eight eager passes over (chunk, vocab) tensors.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+logger = logging.getLogger(__name__)
 
 # Elements of one (chunk, vocab) float32 temporary: small on CPUs (memory is the constraint and big chunks do not
 # run faster there), large on GPUs (many small matmuls and kernel launches cost more than the memory).
@@ -33,28 +37,67 @@ def _matmul_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-def _chunk_kl(h_sae, h_orig, weight, mm_weight, bias, weights, grad_h) -> torch.Tensor:
-    """The weighted KL of one chunk of tokens; writes its gradient w.r.t. `h_sae` into `grad_h` (when given).
+def _kl_terms(logits_q: torch.Tensor, logits_p: torch.Tensor, weights: torch.Tensor) -> tuple:
+    """`(sum_t w_t KL_t, (q - p) w)` of one chunk of logits; the form `torch.compile` fuses into a few loops."""
+    log_q = F.log_softmax(logits_q, dim=-1, dtype=torch.float32)
+    log_p = F.log_softmax(logits_p, dim=-1, dtype=torch.float32)
+    p = log_p.exp()
+    kl = (p * (log_p - log_q)).sum(-1)
+    return (kl * weights).sum(), (log_q.exp() - p) * weights[:, None]
 
-    A function of its own so that the chunk's (chunk, V) temporaries are freed on return, before the next
-    chunk makes its own: at most four of them exist at once.
-    """
+
+def _kl_terms_eager(logits_q: torch.Tensor, logits_p: torch.Tensor, weights: torch.Tensor) -> tuple:
+    """`_kl_terms` in eager mode, in place where it can be: at most four (chunk, V) temporaries at once."""
     # log-softmax straight from the (possibly bf16) logits into float32: one fused pass each
-    log_q = F.log_softmax(F.linear(h_sae, weight, bias), dim=-1, dtype=torch.float32)
-    log_p = F.log_softmax(F.linear(h_orig, weight, bias), dim=-1, dtype=torch.float32)
+    log_q = F.log_softmax(logits_q, dim=-1, dtype=torch.float32)
+    del logits_q
+    log_p = F.log_softmax(logits_p, dim=-1, dtype=torch.float32)
+    del logits_p
     p = log_p.exp()  # (chunk, V)
     kl = torch.linalg.vecdot(p, log_p.sub_(log_q))  # KL_t = p . (log p - log q), in place: no temporary
     del log_p
+    return (kl * weights).sum(), log_q.exp_().sub_(p).mul_(weights[:, None])  # (q - p) w_t, in place
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_kl_terms():
+    """`torch.compile(_kl_terms)`, made once per process; None where compiling failed before (eager then)."""
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_kl_terms, dynamic=True)
+    return _COMPILED["fn"]
+
+
+def kl_terms(logits_q: torch.Tensor, logits_p: torch.Tensor, weights: torch.Tensor, compile: bool) -> tuple:
+    """`_kl_terms`, compiled when asked and possible; a compiler that fails (no C++ compiler, an unsupported
+    device) is reported once and the eager version is used from then on."""
+    fn = _compiled_kl_terms() if compile else None
+    if fn is not None:
+        try:
+            return fn(logits_q, logits_p, weights)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager path gives the same values
+            logger.warning("torch.compile of the KL failed (%s); using eager mode (loss.kl.compile=false "
+                           "silences this)", str(error).splitlines()[0] if str(error) else type(error).__name__)
+            _COMPILED["fn"] = None
+    return _kl_terms_eager(logits_q, logits_p, weights)
+
+
+def _chunk_kl(h_sae, h_orig, weight, mm_weight, bias, weights, grad_h, compile: bool) -> torch.Tensor:
+    """The weighted KL of one chunk of tokens; writes its gradient w.r.t. `h_sae` into `grad_h` (when given).
+
+    A function of its own so that the chunk's (chunk, V) temporaries are freed on return, before the next
+    chunk makes its own.
+    """
+    kl, dlogits = kl_terms(F.linear(h_sae, weight, bias), F.linear(h_orig, weight, bias), weights, compile)
     if grad_h is not None:
-        dlogits = log_q.exp_().sub_(p).mul_(weights[:, None])  # (q - p) w_t, in place
-        del p
         grad_h.copy_(dlogits.to(mm_weight.dtype) @ mm_weight)
-    return (kl * weights).sum()
+    return kl
 
 
 class _FusedUnembedKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_sae, h_orig, weight, bias, weights, chunk_tokens):
+    def forward(ctx, h_sae, h_orig, weight, bias, weights, chunk_tokens, compile):
         # h_sae, h_orig: (N, d); weight: (V, d); bias: (V,) or None; weights: (N,) summing to 1
         total = torch.zeros((), device=h_sae.device, dtype=torch.float32)
         grad_h = torch.empty_like(h_sae) if ctx.needs_input_grad[0] else None
@@ -62,14 +105,14 @@ class _FusedUnembedKL(torch.autograd.Function):
         for start in range(0, h_sae.shape[0], chunk_tokens):
             end = start + chunk_tokens
             total += _chunk_kl(h_sae[start:end], h_orig[start:end], weight, mm_weight, bias, weights[start:end],
-                               None if grad_h is None else grad_h[start:end])
+                               None if grad_h is None else grad_h[start:end], compile)
         ctx.save_for_backward(grad_h)
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad_h,) = ctx.saved_tensors
-        return grad_h * grad_output.to(grad_h.dtype), None, None, None, None, None
+        return grad_h * grad_output.to(grad_h.dtype), None, None, None, None, None, None
 
 
 def fused_unembed_kl(
@@ -79,6 +122,7 @@ def fused_unembed_kl(
     bias: Optional[torch.Tensor],
     weights: torch.Tensor,
     chunk_tokens: int = 1024,
+    compile: bool = False,
 ) -> torch.Tensor:
     """sum_t weights_t KL(softmax(W h_orig,t + b) || softmax(W h_sae,t + b)); gradient only w.r.t. `h_sae`.
 
@@ -87,7 +131,8 @@ def fused_unembed_kl(
         h_orig (`(N, d)`): LM-head inputs of the clean run (the fixed target; no gradient).
         weight (`(V, d)`), bias (`(V,)` or None): the LM head (frozen; no gradient).
         weights (`(N,)`): per-token weights (e.g. 1 / n_unmasked for unmasked tokens, 0 for padding).
-        chunk_tokens: tokens per chunk; memory is about 3 x chunk_tokens x V floats.
+        chunk_tokens: tokens per chunk; memory is about 4 x chunk_tokens x V floats.
+        compile: fuse the softmaxes, the KL and its gradient with `torch.compile` (eager if compiling fails).
     """
     return _FusedUnembedKL.apply(h_sae, h_orig.detach(), weight.detach(),
-                                 None if bias is None else bias.detach(), weights, chunk_tokens)
+                                 None if bias is None else bias.detach(), weights, chunk_tokens, compile)

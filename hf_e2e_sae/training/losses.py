@@ -51,6 +51,9 @@ class KLLossConfig(ConfigModel):
     balance: Optional[bool] = None
     """Rescale the KL each step so its contribution is coeff / reconstruction.coeff times the MSE's (null: on for
     the finetune preset, off otherwise)."""
+    compile: bool = True
+    """Fuse the KL's softmaxes and gradient with torch.compile (compiled once per process, a few seconds; eager
+    with a warning where compiling fails)."""
 
 
 class DownstreamLossConfig(ConfigModel):

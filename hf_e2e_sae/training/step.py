@@ -62,7 +62,7 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
         weights = token_weights(attention_mask, input_ids.shape, input_ids.device)
         chunk = loss.kl.chunk_tokens or auto_chunk_tokens(head.out_features, input_ids.device)
         kl = fused_unembed_kl(as_tokens(h_sae["hidden"]), as_tokens(h_orig["hidden"]), head.weight, head.bias,
-                              weights, chunk)
+                              weights, chunk, compile=loss.kl.compile)
     total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, clean.logits, out.cached_activations,
                                   clean.cached_activations, mask=attention_mask, kl_term=kl)
     return total, terms, out.sae_outputs
