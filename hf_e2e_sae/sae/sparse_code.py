@@ -182,6 +182,7 @@ def firing(out, dict_size: int) -> tuple:
         active = out.latents.detach() > 0
         return active.sum(-1), active.reshape(-1, dict_size).any(0)
     active = out.code_values.detach() > 0
-    fired = torch.zeros(dict_size, dtype=torch.bool, device=active.device)
-    fired[out.code_indices[active]] = True
-    return active.sum(-1), fired
+    # counts, not fired[indices[active]] = True: boolean indexing would wait for the device (a host sync)
+    counts = torch.zeros(dict_size, dtype=torch.int32, device=active.device)
+    counts.index_add_(0, out.code_indices.reshape(-1), active.reshape(-1).to(torch.int32))
+    return active.sum(-1), counts > 0
