@@ -162,16 +162,19 @@ def test_fast_step_with_sparse_topk_records_equals_reference_with_auxk_and_l1(pr
         assert torch.equal(fired_f[site][0], fired_r[site][0]) and torch.equal(fired_f[site][1], fired_r[site][1])
 
 
-def test_compiled_kl_terms_equal_eager_and_really_compile():
+def test_kl_terms_compiled_and_eager_equal_the_direct_formula_and_really_compile():
     from hf_e2e_sae.training import fused_kl
 
     torch.manual_seed(0)
-    logits_q, logits_p, weights = torch.randn(6, 50), torch.randn(6, 50), torch.rand(6)
-    eager = fused_kl.kl_terms(logits_q.clone(), logits_p.clone(), weights, compile=False)
-    compiled = fused_kl.kl_terms(logits_q.clone(), logits_p.clone(), weights, compile=True)
+    logits_p, delta, weights = torch.randn(6, 50), torch.randn(6, 50), torch.rand(6)
+    log_p, log_q = torch.log_softmax(logits_p, -1), torch.log_softmax(logits_p + delta, -1)
+    direct = ((log_p.exp() * (log_p - log_q)).sum(-1) * weights).sum(), (log_q.exp() - log_p.exp()) * weights[:, None]
+    eager = fused_kl.kl_terms(logits_p, delta.clone(), weights, compile=False)  # (eager consumes delta)
+    compiled = fused_kl.kl_terms(logits_p, delta.clone(), weights, compile=True)
     assert fused_kl._COMPILED["fn"] is not None  # compiled, not the silent eager fallback
-    for a, b in zip(compiled, eager):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, b, c in zip(compiled, eager, direct):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-7)
 
 
 def test_a_failing_compiler_warns_once_and_falls_back_to_eager(monkeypatch, caplog):
@@ -182,12 +185,12 @@ def test_a_failing_compiler_warns_once_and_falls_back_to_eager(monkeypatch, capl
 
     monkeypatch.setitem(fused_kl._COMPILED, "fn", broken)
     torch.manual_seed(0)
-    logits_q, logits_p, weights = torch.randn(4, 30), torch.randn(4, 30), torch.rand(4)
+    logits_p, delta, weights = torch.randn(4, 30), torch.randn(4, 30), torch.rand(4)
     with caplog.at_level("WARNING", logger="hf_e2e_sae.training.fused_kl"):
-        result = fused_kl.kl_terms(logits_q.clone(), logits_p.clone(), weights, compile=True)
-        fused_kl.kl_terms(logits_q.clone(), logits_p.clone(), weights, compile=True)
+        result = fused_kl.kl_terms(logits_p.clone(), delta.clone(), weights, compile=True)
+        fused_kl.kl_terms(logits_p.clone(), delta.clone(), weights, compile=True)
     assert [r.getMessage() for r in caplog.records] == [
         "torch.compile of the KL failed (no C++ compiler found); using eager mode (loss.kl.compile=false silences this)"]
-    expected = fused_kl.kl_terms(logits_q.clone(), logits_p.clone(), weights, compile=False)
+    expected = fused_kl.kl_terms(logits_p.clone(), delta.clone(), weights, compile=False)
     for a, b in zip(result, expected):
         torch.testing.assert_close(a, b)
