@@ -194,3 +194,28 @@ def test_a_failing_compiler_warns_once_and_falls_back_to_eager(monkeypatch, capl
     expected = fused_kl.kl_terms(logits_p.clone(), delta.clone(), weights, compile=False)
     for a, b in zip(result, expected):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("preset", ["e2e", "e2e+ds"])
+@pytest.mark.parametrize("arch,sites", [("gpt2", ["blocks.0.mlp_out"]), ("llama", ["blocks.0.resid_pre", "blocks.1.attn_out"])])
+def test_recomputed_suffix_gives_the_same_loss_and_gradients_and_really_recomputes(preset, arch, sites):
+    from hf_e2e_sae.patching.shared_prefix import _blocks, suffix_start
+
+    model = SAEPatchedModel(tiny_model(arch), [make_sae(site, seed=i) for i, site in enumerate(sites)])
+    loss = LossConfig(preset=preset)
+    downstream = default_downstream_sites(model.sites, LAYERS) if loss.downstream.coeff > 0 else []
+    ids, results, calls = random_ids(), [], []
+    # inside the block's forward, so it runs again when the block is recomputed (a pre-hook: recomputation stops
+    # once the last tensor backward needs exists, before the MLP's forward hooks)
+    handle = _blocks(model)[LAYERS - 1].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    for recompute in (False, True):
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        total, terms, _ = micro_batch_loss(model, model, ids, loss, downstream, HIDDEN, recompute_suffix=recompute)
+        total.backward()
+        results.append((total.detach(), terms, {n: p.grad.clone() for n, p in model.saes.named_parameters()}))
+        # the last block runs in the clean pass and the SAE pass, and once more in the backward when recomputing
+        assert len(calls) == (3 if recompute else 2)
+    handle.remove()
+    assert suffix_start(model) == 2 if arch == "llama" else 1
+    _assert_equal(*results)

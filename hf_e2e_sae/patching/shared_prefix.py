@@ -11,6 +11,10 @@ after the final norm) and stops the forward there, so a fused unembedding + loss
         model(ids)
     with replaying_prefix(model, n, prefix), capturing_head_input(model) as h_sae:
         out = model(ids)          # blocks [0, n) are not run; SAE hooks and later blocks run as usual
+
+`recomputed_suffix` (opt-in, `TrainConfig.recompute_suffix`) makes the blocks after the last SAE keep only their
+inputs for backward and run again there (activation checkpointing): their activations are most of what an e2e
+step holds besides the logits, which the fused KL already never keeps.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Iterator, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..sae.sites import parse_site
 from .architectures import architecture_for
@@ -73,6 +78,33 @@ def replaying_prefix(model, n_blocks: int, record: dict) -> Iterator[None]:
     try:
         for block in blocks:
             block.forward = replay
+        yield
+    finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+
+
+def suffix_start(model) -> int:
+    """The first block after every SAE site (and transcoder output site): its forward runs no SAE."""
+    return max(parse_site(s).block for s in [*model.sites, *getattr(model, "output_sites", [])]) + 1
+
+
+@contextlib.contextmanager
+def recomputed_suffix(model) -> Iterator[None]:
+    """Blocks from `suffix_start(model)` on keep only their inputs for backward and recompute the rest there
+    (`torch.utils.checkpoint`, non-reentrant); values and gradients are unchanged (the base runs in eval mode)."""
+    blocks = list(_blocks(model))[suffix_start(model):]
+
+    def recomputing(forward):
+        def run(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return run
+
+    try:
+        for block in blocks:
+            block.forward = recomputing(block.forward)
         yield
     finally:
         for block in blocks:

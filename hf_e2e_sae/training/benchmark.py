@@ -55,8 +55,8 @@ SHAPES = {
     "gpt2": Shape(n_layer=12, d_model=768, ctx=1024, batch=8),  # GPT-2 small, dict 46,080: for GPUs
     "tiny": Shape(n_layer=3, d_model=64, ctx=16, batch=2, dict_ratio=4, vocab=1000),  # a smoke test in seconds
 }
-SYSTEMS = ["ours_e2e", "ours_e2e_reference", "ours_e2eds", "ours_local", "lower_bound", "plain_forward",
-           "sparsify_kl", "sparsify_local"]
+SYSTEMS = ["ours_e2e", "ours_e2e_reference", "ours_e2e_recompute", "ours_e2eds", "ours_local", "lower_bound",
+           "plain_forward", "sparsify_kl", "sparsify_local"]
 
 
 def _sync(device: torch.device) -> None:
@@ -165,6 +165,8 @@ def ratios(results: dict) -> dict:
         "local_time / sparsify_local": ratio("ours_local", "sparsify_local", "step_s"),
         "e2e_peak / plain_forward_peak": ratio("ours_e2e", "plain_forward", "peak_bytes"),
         "e2e_reference_peak / plain_forward_peak": ratio("ours_e2e_reference", "plain_forward", "peak_bytes"),
+        "e2e_recompute_time / sparsify_kl": ratio("ours_e2e_recompute", "sparsify_kl", "step_s"),
+        "e2e_recompute_peak / plain_forward_peak": ratio("ours_e2e_recompute", "plain_forward", "peak_bytes"),
         "sparsify_kl_peak / plain_forward_peak": ratio("sparsify_kl", "plain_forward", "peak_bytes"),
     }
     return {k: v for k, v in out.items() if v is not None}

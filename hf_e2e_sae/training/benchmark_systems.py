@@ -2,6 +2,7 @@
 
     ours_e2e, ours_e2eds, ours_local   the trainer's fast step (`training.step.micro_batch_loss`) + fused Adam
     ours_e2e_reference                 the plain reference step the fast one is tested against
+    ours_e2e_recompute                 ours_e2e with `recompute_suffix=True` (activation checkpointing after the SAE)
     lower_bound                        plain torch on the same model: embeddings + blocks before the site once,
                                        the clean suffix under no_grad, SAE forward, the patched suffix, full-logit
                                        KL + L1, backward w.r.t. the SAE only, Adam
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import tempfile
 
@@ -59,7 +61,7 @@ def _autocast(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
-def _ours(shape, device, batch, seed, dtype, preset: str, fast: bool):
+def _ours(shape, device, batch, seed, dtype, preset: str, fast: bool, recompute_suffix: bool = False):
     model = SAEPatchedModel(random_model(shape, device, seed), SparseAutoencoder(SAEConfig(
         d_in=shape.d_model, dict_size=shape.dict_ratio * shape.d_model, site=shape.site, **our_activation())))
     model.to(device)
@@ -67,7 +69,8 @@ def _ours(shape, device, batch, seed, dtype, preset: str, fast: bool):
     # As the trainer configures it (a TopK code gets no sparsity penalty)
     loss = LossConfig(**apply_activation_defaults({**our_activation(), "loss": {"preset": preset}})["loss"])
     downstream = default_downstream_sites(model.sites, shape.n_layer) if loss.downstream.coeff > 0 else []
-    compute = micro_batch_loss if fast else reference_micro_batch_loss
+    compute = functools.partial(micro_batch_loss, recompute_suffix=recompute_suffix) if fast \
+        else reference_micro_batch_loss
 
     def step():
         with _autocast(device, dtype):
@@ -186,6 +189,7 @@ def build(name: str, shape, device: torch.device, batch: torch.Tensor, seed: int
     builders = {
         "ours_e2e": lambda: _ours(shape, device, batch, seed, dtype, "e2e", fast=True),
         "ours_e2e_reference": lambda: _ours(shape, device, batch, seed, dtype, "e2e", fast=False),
+        "ours_e2e_recompute": lambda: _ours(shape, device, batch, seed, dtype, "e2e", fast=True, recompute_suffix=True),
         "ours_e2eds": lambda: _ours(shape, device, batch, seed, dtype, "e2e+ds", fast=True),
         "ours_local": lambda: _ours(shape, device, batch, seed, dtype, "local", fast=True),
         "lower_bound": lambda: _lower_bound(shape, device, batch, seed, dtype),

@@ -96,6 +96,9 @@ class TrainConfig(ConfigModel):
     """Experiment tracker for accelerator.log."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision of the forward passes."""
+    recompute_suffix: bool = False
+    """e2e: recompute the activations of the blocks after the last SAE in the backward instead of keeping them
+    (activation checkpointing): less memory for one more forward of those blocks."""
     resume_from_checkpoint: Optional[str] = None
     """'latest' or a checkpoint path to continue from."""
     overwrite_output_dir: bool = False

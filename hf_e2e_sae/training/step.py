@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from ..patching.shared_prefix import (
-    as_tokens, capturing_head_input, lm_head, prefix_blocks, recording_prefix, replaying_prefix)
+    as_tokens, capturing_head_input, lm_head, prefix_blocks, recomputed_suffix, recording_prefix, replaying_prefix)
 from .fused_kl import auto_chunk_tokens, fused_unembed_kl
 from .losses import LossConfig, compute_losses, token_weights
 
@@ -45,8 +45,11 @@ def reference_micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossCo
 
 
 def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, downstream_sites: list, d_in: int,
-                     attention_mask: Optional[torch.Tensor] = None) -> tuple:
-    """`(total, terms, sae_outputs)` the fast way (same arguments as `reference_micro_batch_loss`)."""
+                     attention_mask: Optional[torch.Tensor] = None, recompute_suffix: bool = False) -> tuple:
+    """`(total, terms, sae_outputs)` the fast way (same arguments as `reference_micro_batch_loss`).
+
+    `recompute_suffix`: the blocks after the last SAE recompute their activations in the backward instead of
+    keeping them (`patching.shared_prefix.recomputed_suffix`): less memory, one more forward of those blocks."""
     if not loss.needs_logits:
         with raw.sparse_records():
             return reference_micro_batch_loss(model, raw, input_ids, loss, downstream_sites, d_in, attention_mask)
@@ -55,7 +58,8 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
     capture = capturing_head_input if head is not None else _no_capture
     with torch.no_grad(), raw.saes_disabled(), recording_prefix(raw, n_shared) as prefix, capture(raw) as h_orig:
         clean = raw(input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
-    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae, raw.sparse_records():
+    recompute = recomputed_suffix if recompute_suffix else _no_capture
+    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae, raw.sparse_records(), recompute(raw):
         out = model(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
     kl = None
     if head is not None and loss.kl.coeff > 0:
@@ -70,4 +74,4 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
 
 @contextlib.contextmanager
 def _no_capture(_model):
-    yield {}
+    yield {}  # (also the "no recomputation" context)

@@ -200,7 +200,8 @@ def micro_batch_loss(run: _Run, input_ids: torch.Tensor) -> tuple:
     """Loss of one micro-batch (batch, seq), its terms and the SAE outputs (the fast path, `training.step`)."""
     raw = run.accelerator.unwrap_model(run.model)
     total, terms, sae_outputs = fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss,
-                                                      run.downstream_sites, run.d_in)
+                                                      run.downstream_sites, run.d_in,
+                                                      recompute_suffix=run.config.recompute_suffix)
     total, terms = add_loss_terms(run.loss_terms, total, terms, sae_outputs,  # AuxK, the L0 estimator, ...
                                   {site: raw.sae(site) for site in sae_outputs}, run.d_in)
     return total, terms, sae_outputs
