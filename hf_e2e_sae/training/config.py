@@ -28,6 +28,9 @@ class BaseModelConfig(ConfigModel):
     """Branch, tag or commit of the base model (recorded in the SAE configs)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the frozen base model is loaded in (SAEs are kept in float32)."""
+    shard: bool = False
+    """Shard the frozen base model's weights over the processes with FSDP2 (each holds 1/N of every block, embedding
+    and head; the SAEs stay whole on every process), for base models larger than one device. Needs 2+ processes."""
 
 
 class TrainConfig(ConfigModel):

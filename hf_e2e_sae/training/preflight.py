@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .finetune import check_initial_sae
 from .local_data import check_local_files, local_source
 from .losses import default_downstream_sites
+from .sharding import check_sharding
 
 
 def _base_model_config(config: TrainConfig):
@@ -77,6 +78,7 @@ def check_init_from(config: TrainConfig) -> None:
 def preflight(config: TrainConfig, world_size: int = 1) -> None:
     """All checks of a training run that need more than the config itself; raises `ConfigError`."""
     check_batch_sizes(config, world_size)
+    check_sharding(config.base_model.shard, world_size)
     check_data(config)
     check_init_from(config)
     base_config = _base_model_config(config)

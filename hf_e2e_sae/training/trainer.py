@@ -44,6 +44,7 @@ from .preflight import preflight
 from .redaction import config_yaml, redact_secrets
 from .resume_compat import check_resume_compatible
 from .safety import check_step_finite, json_text
+from .sharding import shard_base_model
 from .step import micro_batch_loss as fast_micro_batch_loss
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
     if config.push_to_hub:
         hub_function("require_token")(None)  # fail now, not after hours of training
     run = _Run(config, accelerator)
+    if config.base_model.shard:  # before prepare: DDP then averages the SAEs' gradients only (training/sharding.py)
+        shard_base_model(run.model, accelerator.device)
     run.output_dir_lock = lock
     run.optimizer = make_optimizer(run.model.sae_parameters(), config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
@@ -264,10 +267,11 @@ def _micro_batch_groups(run: _Run):
 
 
 def run_evaluation(run: _Run) -> dict:
-    """Held-out metrics on the main process (others wait)."""
+    """Held-out metrics on the main process (others wait; with a sharded base, all take part in every forward)."""
     metrics = {}
-    if run.accelerator.is_main_process:
-        metrics = evaluate(run.accelerator.unwrap_model(run.model), run.eval_loader, progress=True)
+    if run.accelerator.is_main_process or run.config.base_model.shard:
+        metrics = evaluate(run.accelerator.unwrap_model(run.model), run.eval_loader,
+                           progress=run.accelerator.is_main_process)
     run.accelerator.wait_for_everyone()
     return metrics
 
