@@ -87,7 +87,18 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
         return 1
     if metrics and PartialState().is_main_process:
         sys.stdout.write(final_report(config, metrics))
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """After a multi-process run: every process passes a last barrier, then the process group is destroyed, so no
+    process waits at exit on a peer's collective teardown (an occasional hang of a gloo rank was seen without)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- push
