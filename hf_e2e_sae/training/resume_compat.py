@@ -22,6 +22,7 @@ MAY_CHANGE_ON_RESUME = (
     "push_to_hub", "hub_repo_id", "hub_private",
     "data.num_proc", "data.map_batch_size", "data.load_kwargs",  # loading knobs (and credentials may rotate)
     "loss.kl.chunk_tokens",                                    # memory only: the KL is the same
+    "activation_cache",                                        # speed only: the same activations, from disk
 )
 """Dotted fields (or prefixes) a resumed run may set differently; everything else must match the checkpoint."""
 
