@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -285,7 +286,8 @@ def test_interrupted_build_leaves_no_complete_looking_cache(local_config, tmp_pa
 
     # Killed outright (the clean-up never runs): the partial build stays under its temporary name only.
     calls["n"] = 0
-    monkeypatch.setattr(ac, "shutil", types.SimpleNamespace(rmtree=lambda *a, **k: None))
+    no_cleanup = types.SimpleNamespace(rmtree=lambda *a, **k: None, disk_usage=shutil.disk_usage)
+    monkeypatch.setattr(ac, "shutil", no_cleanup)
     monkeypatch.setattr(ac, "SHARD_BYTES", 1)  # a shard per batch: two shards are on disk when it stops
     with pytest.raises(KeyboardInterrupt):
         _train(local_config("killed", activation_cache=str(cache)))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..patching.base_models import config_hash, resolve_base_model
+from ..patching.base_models import BUILTIN_PREFIX, config_hash, resolve_base_model
 from ..sae.sites import parse_site
 from .arguments import ConfigError, to_dict
 from .loss_terms import add_loss_terms
@@ -62,6 +62,9 @@ _STORAGE = {torch.float32: torch.float32, torch.bfloat16: torch.float32, torch.f
 
 # ---------------------------------------------------------------- identity and checks
 def _base_model_id(name_or_path: str) -> str:
+    """A built-in name or Hub id as given; a local folder as its absolute path."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
     where = resolve_base_model(name_or_path)
     return str(Path(where).expanduser().resolve()) if os.path.isdir(os.path.expanduser(where)) else where
 
@@ -232,6 +235,13 @@ def _publish(tmp: Path, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _warn_if_disk_short(folder: Path, upper_bound: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if upper_bound > free:
+        logger.warning("The activation cache may need up to %.1f GB (fewer if samples repeat); %.1f GB are free in %s",
+                       upper_bound / 1e9, free / 1e9, folder)
+
+
 def build_cache(model, batches: Iterable[torch.Tensor], path, identity: dict, sites: list,
                 autocast: Callable = contextlib.nullcontext, total: Optional[int] = None) -> None:
     """Write the cache of the token batches `batches` at `sites` of `model` (an `SAEPatchedModel`) to `path`.
@@ -247,6 +257,9 @@ def build_cache(model, batches: Iterable[torch.Tensor], path, identity: dict, si
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if total:
+        _warn_if_disk_short(path.parent, total * identity["context_length"] * model.sae(sites[0]).config.d_in
+                            * 4 * len(sites))
     tmp = path.parent / f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
