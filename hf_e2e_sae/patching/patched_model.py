@@ -252,6 +252,7 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         labels: Optional[torch.Tensor] = None,
         cache_sites: Optional[Iterable[str]] = None,
         stop_early: bool = False,
+        site_inputs: Optional[Mapping[str, torch.Tensor]] = None,
         **kwargs,
     ) -> SAEPatchedOutput:
         """Run the patched model.
@@ -261,8 +262,13 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
             cache_sites: extra sites (e.g. later `resid_pre`s for e2e+ds) whose activations to return.
             stop_early: stop the forward pass once every SAE and cache site has run (no logits);
                 local training needs nothing after the last SAE.
+            site_inputs: `{site: activation}` recorded earlier at SAE sites (an activation cache): only those
+                SAEs run, each on its activation, exactly as in a patched pass; the base model does not run
+                (no logits). Not for transcoders (they read one site and write another).
             **kwargs: passed to the base model (`use_cache` defaults to False).
         """
+        if site_inputs is not None:
+            return self._forward_site_inputs(site_inputs)
         records: dict = {}
         cached: dict = {}
         handles = [self._add_cache_hook(site, cached) for site in cache_sites or []]
@@ -280,6 +286,19 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
             for handle in handles:
                 handle.remove()
         return SAEPatchedOutput(loss=loss, logits=logits, sae_outputs=records, cached_activations=cached)
+
+    def _forward_site_inputs(self, site_inputs: Mapping[str, torch.Tensor]) -> SAEPatchedOutput:
+        records: dict = {}
+        self._records = records
+        try:
+            for site, x in site_inputs.items():
+                name = str(parse_site(site))
+                if is_transcoder(self.sae(name)):
+                    raise ValueError(f"site_inputs: the SAE at {name!r} is a transcoder; it needs a full forward pass")
+                self._make_sae_rewrite(name)(x)  # records the SiteOutput, as the hook does
+        finally:
+            self._records = None
+        return SAEPatchedOutput(sae_outputs=records, cached_activations={})
 
     def _add_cache_hook(self, site: str, cached: dict):
         name = str(parse_site(site))

@@ -63,6 +63,11 @@ class TrainConfig(ConfigModel):
         path="apollo-research/Skylion007-openwebtext-tokenizer-gpt2", streaming=True, context_length=1024,
         n_eval_samples=500))
     """Training and held-out evaluation data."""
+    activation_cache: Optional[str] = None
+    """Local runs only: a folder of the base model's activations at the SAE site (`datasets` Arrow, memory-mapped).
+    Missing: built first (one no-grad pass over the training samples, stopped at the site), then trained from;
+    present: checked against this run (model, site, data) and reused. Pays off when several runs (a sweep) or
+    epochs read the same samples; a run with it reaches the same SAE as without (one site per run)."""
     n_samples: Optional[int] = 400_000
     """Training samples (sequences of data.context_length tokens); give this or n_tokens."""
     n_tokens: Optional[int] = None
@@ -162,11 +167,26 @@ def check_train_config(config: TrainConfig) -> None:
             raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
     check_init_from(config)
     check_architecture(config)
+    if config.activation_cache is not None:
+        _check_activation_cache(config)
     if config.push_to_hub and not config.hub_repo_id:
         raise ValueError("push_to_hub is true but hub_repo_id is not set")
     if config.resume_from_checkpoint is not None and config.resume_from_checkpoint != "latest" \
             and not Path(config.resume_from_checkpoint).is_dir():
         raise ValueError(f"resume_from_checkpoint={config.resume_from_checkpoint!r}: not 'latest' nor a directory")
+
+
+def _check_activation_cache(config: TrainConfig) -> None:
+    """A cache holds activations at the SAE site only: for one local SAE (no logits, no later activations)."""
+    loss = config.loss
+    if loss.needs_logits:
+        raise ValueError(f"activation_cache is only for local runs: loss.preset={loss.preset} needs the model's logits "
+                         f"or later activations (loss.kl.coeff={loss.kl.coeff}, loss.downstream.coeff="
+                         f"{loss.downstream.coeff}); remove activation_cache or use loss.preset=local")
+    if len(config.sites) > 1 or config.output_sites:
+        raise ValueError("activation_cache trains one SAE (not a transcoder) per run: in a live run later SAEs read "
+                         f"the earlier ones' reconstructions, which a cache cannot replay; got sites={config.sites}"
+                         + (f", output_sites={config.output_sites}" if config.output_sites else ""))
 
 
 def _check_positive(config: TrainConfig, *names: str) -> None:

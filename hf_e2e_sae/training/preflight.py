@@ -13,6 +13,7 @@ from ..patching.architectures import check_site, num_blocks
 from ..patching.base_models import resolve_base_model
 from .arguments import ConfigError
 from ..sae.hub_interface import hub_function
+from .activation_cache import check_cache
 from .config import TrainConfig
 from .finetune import check_initial_sae
 from .local_data import check_local_files, local_source
@@ -75,6 +76,15 @@ def check_init_from(config: TrainConfig) -> None:
         raise ConfigError(f"init_from: {' '.join(str(e).split())}") from None
 
 
+def check_activation_cache(config: TrainConfig, base_config) -> None:
+    """An existing `activation_cache` folder was built for this model, site and data (a missing one is built)."""
+    if config.activation_cache is not None and os.path.exists(config.activation_cache):
+        try:
+            check_cache(config.activation_cache, config, base_config)
+        except ValueError as e:
+            raise ConfigError(f"activation_cache: {e}") from None
+
+
 def preflight(config: TrainConfig, world_size: int = 1) -> None:
     """All checks of a training run that need more than the config itself; raises `ConfigError`."""
     check_batch_sizes(config, world_size)
@@ -84,3 +94,4 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
     base_config = _base_model_config(config)
     check_sites(config, base_config)
     check_downstream(config, base_config)
+    check_activation_cache(config, base_config)

@@ -23,6 +23,9 @@ MAY_CHANGE_ON_RESUME = (
     "data.num_proc", "data.map_batch_size", "data.load_kwargs",  # loading knobs (and credentials may rotate)
     "loss.kl.chunk_tokens",                                    # memory only: the KL is the same
     "base_model.shard",                                        # where the frozen weights live: same SAE updates
+    "activation_cache",                                        # speed only: the same activations, from disk
+    "loss.kl.compile",                                         # speed only: the same KL, compiled or eager
+    "recompute_suffix",                                        # memory only: the same gradients
 )
 """Dotted fields (or prefixes) a resumed run may set differently; everything else must match the checkpoint."""
 

@@ -8,6 +8,7 @@ Per micro-batch (batch, seq), the fast step of `training.step`:
         first SAE and the final hidden states -> SAE pass replaying those blocks -> KL fused with the
         unembedding (+ downstream MSE) + the registered extra terms -> backward (SAE params only)
     local: the SAE pass stops after the last SAE site; no clean pass.
+    local with `activation_cache`: the SAE reads the base model's cached activations (`training.activation_cache`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
 from ..sae.sparse_code import firing
+from .activation_cache import cached_micro_batch_loss, cached_train_loader
 from .architecture_config import activation_options
 from .arguments import to_dict
 from .checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
@@ -182,7 +184,8 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
     if resume is not None:
         load_checkpoint(run, resume)
         logger.info("Resumed from %s at step %d", resume, run.state.step)
-    run.train_loader = accelerator.prepare(create_dataloader(skip_samples(train_ds, run.state.samples), config.batch_size))
+    run.train_loader = cached_train_loader(run, train_ds) if config.activation_cache else \
+        accelerator.prepare(create_dataloader(skip_samples(train_ds, run.state.samples), config.batch_size))
     run.eval_loader = create_dataloader(eval_ds, config.eval_batch_size or config.batch_size)
     if config.tracker != "none":
         accelerator.init_trackers("hf_e2e_sae", config=_flat(redact_secrets(to_dict(config))))
@@ -231,9 +234,9 @@ def train_step(run: _Run, batches: list) -> dict:
     sums: dict = {}  # device tensors: one host sync per step, not one per term and micro-batch
     logs: dict = {}
     for batch in batches:
-        input_ids = batch["input_ids"]
-        with acc.accumulate(run.model), acc.autocast():
-            total, terms, sae_outputs = micro_batch_loss(run, input_ids)
+        with acc.accumulate(run.model), acc.autocast():  # a cached batch holds activations, not token ids
+            total, terms, sae_outputs = cached_micro_batch_loss(run, batch) if config.activation_cache \
+                else micro_batch_loss(run, batch["input_ids"])
             acc.backward(total)
             if acc.sync_gradients and config.max_grad_norm is not None:
                 sums["grad_norm"] = acc.clip_grad_norm_(run.sae_parameters, config.max_grad_norm)
@@ -245,7 +248,8 @@ def train_step(run: _Run, batches: list) -> dict:
         step_terms.update({f"l0/{site}": l0.float().mean() for site, (l0, _) in firings.items()})
         for name, value in step_terms.items():
             sums[name] = sums.get(name, 0.0) + value.float() / len(batches)
-        logs.update(_track_alive(run, {site: fired for site, (_, fired) in firings.items()}, input_ids.numel()))
+        n_tokens = next(iter(firings.values()))[0].numel()  # l0 has one entry per token
+        logs.update(_track_alive(run, {site: fired for site, (_, fired) in firings.items()}, n_tokens))
     run.scheduler.step()
     run.state.step += 1
     run.state.samples += config.effective_batch_size
