@@ -371,7 +371,8 @@ def cached_micro_batch_loss(run, batch: dict) -> tuple:
     """`(total, terms, sae_outputs)` of one cached micro-batch `{site: (batch, seq, d_in)}`: the SAEs (through the
     prepared model, so data-parallel gradients are reduced), the local loss and the registered terms."""
     raw = run.accelerator.unwrap_model(run.model)
-    out = run.model(site_inputs=batch)
+    with raw.sparse_records():  # TopK codes as values and indices, as in the live fast step
+        out = run.model(site_inputs=batch)
     total, terms = compute_losses(run.config.loss, out.sae_outputs, run.d_in)
     total, terms = add_loss_terms(run.loss_terms, total, terms, out.sae_outputs,
                                   {site: raw.sae(site) for site in out.sae_outputs}, run.d_in)
