@@ -30,7 +30,8 @@ _OUTER_ROWS_PER_CHUNK = 1 << 14
 _PRE_CHUNK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 28}
 
 
-def _token_chunks(n_tokens: int, per_token: int, budget: int):
+def _token_chunks(n_tokens: int, per_token: int, budget: int) -> list:
+    """`[(start, end), ...]` blocks of tokens of at most `budget` elements (`per_token` each), at least one token."""
     step = max(1, budget // max(1, per_token))
     return [(start, min(start + step, n_tokens)) for start in range(0, n_tokens, step)]
 

@@ -84,6 +84,8 @@ def kl_terms(logits_p: torch.Tensor, delta: torch.Tensor, weights: torch.Tensor,
     if fn is not None:
         try:
             return fn(logits_p, delta, weights)
+        except (torch.cuda.OutOfMemoryError, MemoryError):
+            raise  # not a compiler failure: eager mode would need the same memory
         except Exception as error:  # noqa: BLE001 - any compiler failure: the eager path gives the same values
             logger.warning("torch.compile of the KL failed (%s); using eager mode (loss.kl.compile=false "
                            "silences this)", str(error).splitlines()[0] if str(error) else type(error).__name__)
