@@ -59,8 +59,8 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
     capture = capturing_head_input if head is not None else _no_capture
     with torch.no_grad(), raw.saes_disabled(), recording_prefix(raw, n_shared) as prefix, capture(raw) as h_orig:
         clean = raw(input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
-    recompute = recomputed_suffix if recompute_suffix else _no_capture
-    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae, raw.sparse_records(), recompute(raw):
+    recompute = recomputed_suffix(raw) if recompute_suffix else contextlib.nullcontext()
+    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae, raw.sparse_records(), recompute:
         out = model(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
     kl = None
     if head is not None and loss.kl.coeff > 0:
@@ -76,4 +76,4 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
 
 @contextlib.contextmanager
 def _no_capture(_model):
-    yield {}  # (also the "no recomputation" context)
+    yield {}
