@@ -26,7 +26,7 @@ import accelerate  # noqa: F401
 
 from safetensors.torch import load_file  # noqa: E402
 from train_fixtures import (  # noqa: E402,F401  (fixtures are used by name)
-    SITE, load_sae_state, make_config, reset_accelerate_state, subprocess_env, tiny_assets,
+    SITE, finish_launch, load_sae_state, make_config, reset_accelerate_state, subprocess_env, tiny_assets,
 )
 
 import hf_e2e_sae.training.trainer as trainer  # noqa: E402
@@ -51,17 +51,6 @@ def _launch(script: Path, *args: str) -> list:
             str(script), *args]
 
 
-def _finish(proc: subprocess.Popen) -> tuple:
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, f"2-process run failed (rc={proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
-    return stdout, stderr
-
-
 def test_sharded_two_processes_match_one_unsharded_process(make_config, tiny_assets):
     common = dict(batch_size=4, effective_batch_size=8, n_samples=32, save_every_samples=16, keep_checkpoints=1)
     path_2, out_2 = make_config("sharded", base_model={"shard": True}, **common)
@@ -69,17 +58,19 @@ def test_sharded_two_processes_match_one_unsharded_process(make_config, tiny_ass
 
     proc = subprocess.Popen(_launch(REPO / "examples" / "train.py", str(path_2)), cwd=str(REPO),
                             env=subprocess_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reset_accelerate_state()
     try:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        reset_accelerate_state()
-        try:
-            trainer.train(load_train_config(path_1))
-        finally:
-            torch.set_num_threads(threads)
-            reset_accelerate_state()
+        trainer.train(load_train_config(path_1))
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     finally:
-        stdout, stderr = _finish(proc)
+        torch.set_num_threads(threads)
+        reset_accelerate_state()
+    stdout, stderr = finish_launch(proc, TIMEOUT_S)
 
     summary = json.loads((out_2 / "final" / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["optimizer_steps"] == 4
@@ -107,8 +98,9 @@ def test_sharded_two_processes_match_one_unsharded_process(make_config, tiny_ass
 
 
 def test_sharded_fast_steps_give_the_unsharded_gradients(tmp_path):
-    _finish(subprocess.Popen(_launch(REPO / "tests" / "sharding_worker.py", str(tmp_path)), cwd=str(REPO),
-                             env=subprocess_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    finish_launch(subprocess.Popen(_launch(REPO / "tests" / "sharding_worker.py", str(tmp_path)), cwd=str(REPO),
+                                   env=subprocess_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+                  TIMEOUT_S)
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in results] == [0, 1]
     for result in results:

@@ -21,7 +21,7 @@ import accelerate  # noqa: F401
 
 from safetensors.torch import load_file  # noqa: E402
 from train_fixtures import (  # noqa: E402,F401  (fixtures are used by name)
-    SITE, load_sae_state, make_config, reset_accelerate_state, subprocess_env, tiny_assets,
+    SITE, finish_launch, load_sae_state, make_config, reset_accelerate_state, subprocess_env, tiny_assets,
 )
 
 import hf_e2e_sae.training.trainer as trainer  # noqa: E402
@@ -48,22 +48,20 @@ def test_two_processes_match_one_process_with_accumulation(make_config, tiny_ass
 
     proc = subprocess.Popen(_launch_command(path_2), cwd=str(REPO), env=subprocess_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reset_accelerate_state()
     try:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        reset_accelerate_state()
-        try:
-            config_1 = load_train_config(path_1)
-            metrics_1 = trainer.train(config_1)
-        finally:
-            torch.set_num_threads(threads)
-            reset_accelerate_state()
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        config_1 = load_train_config(path_1)
+        metrics_1 = trainer.train(config_1)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, f"2-process run failed (rc={proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
+        torch.set_num_threads(threads)
+        reset_accelerate_state()
+    stdout, stderr = finish_launch(proc, TIMEOUT_S)
 
     # It really ran 2 processes, one data-parallel job (not 2 independent single-process runs).
     summary_2 = json.loads((out_2 / "final" / "train_summary.json").read_text())

@@ -142,6 +142,19 @@ def load_sae_state(final_dir) -> dict:
     return load_file(str(Path(final_dir) / "model.safetensors"))
 
 
+def finish_launch(proc, timeout: float) -> tuple:
+    """`(stdout, stderr)` of a launched multi-process run (`subprocess.Popen` with text pipes); killed if it runs past
+    `timeout`; asserts that it exited 0, showing the ends of its output if not."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, f"2-process run failed (rc={proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    return stdout, stderr
+
+
 def subprocess_env() -> dict:
     """Environment for child training processes: one thread each, repo importable, no GPU, no Hub."""
     repo = str(Path(__file__).resolve().parents[1])

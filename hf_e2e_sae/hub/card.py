@@ -193,7 +193,6 @@ def render_model_card(
     )
 
 
-
 def _activation_label(config) -> str:
     """E.g. `topk (k=16)`; a transcoder says what it replaces: `relu, transcoder -> blocks.2.mlp_out`."""
     from ..sae.activations import ACTIVATION_SPECS
@@ -203,6 +202,7 @@ def _activation_label(config) -> str:
     label = f"{config.activation} ({', '.join(options)})" if options else config.activation
     output_site = getattr(config, "output_site", None)
     return f"{label}, transcoder -> {output_site}" if output_site else label
+
 
 def render_card_from_configs(
     manifest: Mapping[str, Any],
