@@ -44,7 +44,7 @@ def make_data(folder: Path, model_dir: Path, n_rows: int, ctx: int) -> Path:
     import datasets
     from transformers import AutoTokenizer
 
-    from hf_e2e_sae.training.corpus import load_shakespeare_splits, pack_token_ids
+    from hf_e2e_sae.data.corpus import load_shakespeare_splits, pack_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts, ids = list(load_shakespeare_splits()["train"]["text"]), []
@@ -78,7 +78,7 @@ def timed_train(config) -> dict:
     """Train; seconds in the whole call, inside optimizer steps and building the cache."""
     from accelerate.state import AcceleratorState, GradientState
 
-    import hf_e2e_sae.training.activation_cache as activation_cache
+    import hf_e2e_sae.data.activation_cache as activation_cache
     import hf_e2e_sae.training.trainer as trainer
 
     seconds = {"steps": 0.0, "build": 0.0}

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from hf_e2e_sae import SAEPatchedModel, evaluate
 from hf_e2e_sae.patching.base_models import resolve_base_model
 from hf_e2e_sae.training.config import load_train_config
-from hf_e2e_sae.training.data import build_datasets, create_dataloader
+from hf_e2e_sae.data.pipeline import build_datasets, create_dataloader
 
 
 def main(final_dir: str) -> int:

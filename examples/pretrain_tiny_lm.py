@@ -11,7 +11,7 @@ bitwise reproducible: 600 steps at ~0.8 s/step, i.e. about 8-9 minutes on an idl
 What it does, reproducibly (``--seed``):
 
 1. Loads the Shakespeare corpus with its fixed play-level split
-   (:func:`hf_e2e_sae.training.corpus.load_shakespeare_splits`; Cymbeline, Julius Caesar, Othello and The
+   (:func:`hf_e2e_sae.data.corpus.load_shakespeare_splits`; Cymbeline, Julius Caesar, Othello and The
    Tempest are held out and used only for evaluation).
 2. Trains a byte-level BPE tokenizer (4,096 tokens) on the *train* plays only. Why not the real
    GPT-2 tokenizer (``--tokenizer gpt2``)? Measured here (details in hf_e2e_sae/assets/tiny_lm/README.md):
@@ -46,8 +46,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_e2e_sae.training.corpus import load_shakespeare_splits, split_play_files, train_bpe_tokenizer
-from hf_e2e_sae.training.tiny_lm import (
+from hf_e2e_sae.data.corpus import load_shakespeare_splits, split_play_files, train_bpe_tokenizer
+from hf_e2e_sae.pretraining.tiny_lm import (
     TINY_LM_DIR,
     count_chars,
     gpt2_tokenizer_offline,

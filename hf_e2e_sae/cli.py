@@ -36,7 +36,7 @@ def config_from_argv(argv: list, prog: str = "hf-e2e-sae train"):
 
     Without CONFIG, the offline demo config that ships in the package (= examples/configs/tiny-e2e.yaml) is used.
     """
-    from .training.arguments import format_help, is_help_requested
+    from .config.arguments import format_help, is_help_requested
     from .training.config import TrainConfig, load_train_config
 
     argv = list(argv)
@@ -65,8 +65,8 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
     run before any weights load) exit 2 with one line. `train(config) -> metrics` defaults to the trainer's."""
     from accelerate import PartialState
 
-    from .training.arguments import ConfigError
-    from .training.run_errors import RUN_ERRORS
+    from .config.arguments import ConfigError
+    from .runs.errors import RUN_ERRORS
 
     try:
         config = config_from_argv(argv, prog)
@@ -163,7 +163,7 @@ def _analysis(command: str, argv: list) -> int:
 
 
 def _bench(argv: list) -> int:
-    from .training.benchmark import main as bench_main
+    from .bench.benchmark import main as bench_main
 
     return bench_main(argv)
 

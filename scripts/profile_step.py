@@ -7,8 +7,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hf_e2e_sae.training import benchmark_systems as systems
-from hf_e2e_sae.training.benchmark import SHAPES
+from hf_e2e_sae.bench import systems
+from hf_e2e_sae.bench.benchmark import SHAPES
 
 
 def main(system: str = "ours_e2e", shape_name: str = "gpt2", dtype: str = "bfloat16") -> None:

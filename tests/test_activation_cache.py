@@ -1,4 +1,4 @@
-"""Local training from an activation cache (`hf_e2e_sae.training.activation_cache`), offline on the tiny GPT-2.
+"""Local training from an activation cache (`hf_e2e_sae.data.activation_cache`), offline on the tiny GPT-2.
 
 The data is a pre-tokenized JSONL of 24 rows of CONTEXT tokens: 8 held out for evaluation, 16 training rows (two
 of them identical), repeated over 4 epochs (64 samples, 8 optimizer steps). A cached run must reach the same SAE as
@@ -27,9 +27,9 @@ from train_fixtures import (  # noqa: F401  (fixtures are used by name)
 
 from test_trainer_multiprocess import _launch_command
 
-import hf_e2e_sae.training.activation_cache as ac
+import hf_e2e_sae.data.activation_cache as ac
 import hf_e2e_sae.training.trainer as trainer
-from hf_e2e_sae.training.arguments import ConfigError
+from hf_e2e_sae.config.arguments import ConfigError
 from hf_e2e_sae.training.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]

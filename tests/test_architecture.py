@@ -8,16 +8,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_e2e_sae"
 MAX_LINES = 400
 # Each layer may import only the layers listed for it (and itself); `version` is importable from anywhere.
-ALLOWED = {
-    "sae": set(),
-    "patching": {"sae"},
-    "evaluation": {"sae", "patching"},
-    "training": {"sae", "patching", "evaluation"},
-    "hub": {"sae", "patching", "evaluation", "training"},
-    "interop": {"sae", "patching", "evaluation", "training", "hub"},
-    "analysis": {"sae", "patching", "evaluation", "training", "hub"},
-    "cli": {"sae", "patching", "evaluation", "training", "hub", "interop", "analysis"},
-}
+# Bottom to top; each layer may import the layers before it in LAYERS (and itself), except where EXCLUDED says
+# otherwise; `version` is importable from anywhere.
+LAYERS = ["sae", "patching", "evaluation", "config", "runs", "data", "pretraining", "training", "bench", "hub",
+          "interop", "analysis", "cli"]
+EXCLUDED = {"analysis": {"interop", "bench"}, "hub": {"bench", "pretraining"}, "interop": {"bench"}}
+ALLOWED = {layer: set(LAYERS[:i]) - EXCLUDED.get(layer, set()) for i, layer in enumerate(LAYERS)}
 
 
 def _module_name(path: Path) -> str:

@@ -14,7 +14,7 @@ import hf_e2e_sae.training.trainer as trainer
 from hf_e2e_sae import SAEConfig, SAEPatchedModel, SparseAutoencoder
 from hf_e2e_sae.patching.patched_model import SiteOutput
 from hf_e2e_sae.sae.activations import ACTIVATION_SPECS
-from hf_e2e_sae.training.arguments import ConfigError
+from hf_e2e_sae.config.arguments import ConfigError
 from hf_e2e_sae.training.config import load_train_config
 from hf_e2e_sae.training.loss_terms import AuxK, build_loss_terms
 from hf_e2e_sae.training.losses import LossConfig, SparsityLossConfig
@@ -69,7 +69,7 @@ def test_jumprelu_with_l0_penalty_is_accepted(make_config):
 
 def _outputs(sae: SparseAutoencoder, x: torch.Tensor) -> dict:
     out = sae(x)
-    return {"s": SiteOutput(input=x, latents=out.latents, reconstruction=out.reconstruction,
+    return {"s": SiteOutput(target=x, latents=out.latents, reconstruction=out.reconstruction,
                             pre_activations=out.pre_activations)}
 
 

@@ -1,11 +1,11 @@
-"""Configs from YAML + command-line overrides on pydantic (hf_e2e_sae.training.arguments): syntax, coercion,
+"""Configs from YAML + command-line overrides on pydantic (hf_e2e_sae.config.arguments): syntax, coercion,
 one-line errors with suggestions, round trips and --help."""
 from typing import Literal, Optional, Union
 
 import pytest
 from pydantic import Field, ValidationError, model_validator
 
-from hf_e2e_sae.training.arguments import (
+from hf_e2e_sae.config.arguments import (
     ConfigError, ConfigModel, format_help, is_help_requested, load_config, parse_overrides, save_yaml)
 from hf_e2e_sae.training.config import TrainConfig
 

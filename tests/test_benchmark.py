@@ -3,11 +3,11 @@ import subprocess
 import sys
 import textwrap
 
-from hf_e2e_sae.training.benchmark import ratios
+from hf_e2e_sae.bench.benchmark import ratios
 
 PROBE = textwrap.dedent("""
     import os, torch
-    from hf_e2e_sae.training.benchmark import cpu_peak_in_this_process
+    from hf_e2e_sae.bench.benchmark import cpu_peak_in_this_process
     kept = []
     def step():
         transient = torch.ones(64 * 2**20 // 4)           # 64 MiB, freed at the end of every step

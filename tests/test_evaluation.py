@@ -32,7 +32,7 @@ def test_metrics_against_manual_computation():
         with model.saes_disabled():
             clean = model(ids)
     so = out.sae_outputs["blocks.1.resid_pre"]
-    x, xh, c = so.input.reshape(-1, so.input.shape[-1]), so.reconstruction.reshape(-1, so.input.shape[-1]), so.latents
+    x, xh, c = so.target.reshape(-1, so.target.shape[-1]), so.reconstruction.reshape(-1, so.target.shape[-1]), so.latents
     assert m["l0/blocks.1.resid_pre"] == pytest.approx((c > 0).sum(-1).float().mean().item())
     assert m["alive/blocks.1.resid_pre"] == int((c > 0).reshape(-1, c.shape[-1]).any(0).sum())
     ev = 1 - ((x - xh) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()  # target: the ORIGINAL activation

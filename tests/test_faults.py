@@ -26,7 +26,7 @@ from train_fixtures import (  # noqa: E402,F401  (fixtures)
 import hf_e2e_sae.training.trainer as trainer  # noqa: E402
 from hf_e2e_sae import SparseAutoencoder, SAEConfig  # noqa: E402
 from hf_e2e_sae.cli import main as cli_main  # noqa: E402
-from hf_e2e_sae.training.checkpointing import list_checkpoints  # noqa: E402
+from hf_e2e_sae.runs.checkpointing import list_checkpoints  # noqa: E402
 from hf_e2e_sae.training.config import load_train_config  # noqa: E402
 
 SHORT = dict(n_samples=16, save_every_samples=None)  # 2 optimizer steps, no checkpoint
@@ -95,7 +95,7 @@ def test_non_finite_step_names_the_term(metrics, named):
     """The check reads the step's host values (already synced once per step): it names what went wrong."""
     from types import SimpleNamespace
 
-    from hf_e2e_sae.training.safety import NonFiniteTrainingError, check_step_finite
+    from hf_e2e_sae.runs.safety import NonFiniteTrainingError, check_step_finite
 
     loss = SimpleNamespace(sparsity=SimpleNamespace(coeff=1e39), kl=SimpleNamespace(coeff=1.0))
     with pytest.raises(NonFiniteTrainingError, match=rf"^Non-finite training at step 7: .*{re.escape(named)}") as e:
@@ -159,7 +159,7 @@ def test_json_outputs_stay_valid_with_nan_metrics(make_config, monkeypatch):
 def test_secrets_are_redacted_everywhere_but_still_used(make_config, monkeypatch, hub, hf_cache, hf_token):
     """A token in data.load_kwargs reached checkpoints, final/, tensorboard files, the pushed README and config."""
     import tensorboard  # noqa: F401  (the examples extra installs it)
-    import hf_e2e_sae.training.data as data
+    import hf_e2e_sae.data.pipeline as data
 
     secret = "hf_SECRETsecretSECRET1234567890"
     repo_id = hub.unique_repo_id("secret")
@@ -202,7 +202,7 @@ def test_push_of_an_old_run_folder_publishes_valid_json_and_no_secret(tmp_path, 
 
 
 def test_redaction_rules():
-    from hf_e2e_sae.training.redaction import REDACTED, redact_secrets
+    from hf_e2e_sae.runs.redaction import REDACTED, redact_secrets
 
     tree = {"token": "t", "hf_token": "t", "use_auth_token": "t", "password": "p", "client_secret": "s",
             "api_key": "k", "apiKey": "k", "headers": {"Authorization": "Bearer x"}, "n_tokens": 5,
@@ -241,7 +241,7 @@ def test_lock_names_another_process_and_a_killed_holder_never_blocks(tmp_path):
     import subprocess
     import sys
 
-    from hf_e2e_sae.training.output_dir import OutputDirError, prepare_output_dir
+    from hf_e2e_sae.runs.output_dir import OutputDirError, prepare_output_dir
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
@@ -311,7 +311,7 @@ def test_full_disk_while_saving_names_the_path_and_keeps_earlier_checkpoints(mak
 def test_disk_full_oserror_is_reported_with_the_path(tmp_path, monkeypatch):
     import errno
 
-    from hf_e2e_sae.training import output_dir as output_dir_module
+    from hf_e2e_sae.runs import output_dir as output_dir_module
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from train_fixtures import fresh_accelerate, make_config, tiny_assets  # noqa: E402,F401  (fixtures)
 
 import hf_e2e_sae.training.trainer as trainer  # noqa: E402
-from hf_e2e_sae.training.checkpointing import list_checkpoints  # noqa: E402
+from hf_e2e_sae.runs.checkpointing import list_checkpoints  # noqa: E402
 from hf_e2e_sae.training.config import load_train_config  # noqa: E402
 
 STEP2, STEP4 = "step_00000002", "step_00000004"
@@ -136,9 +136,9 @@ def test_checkpoints_are_fsynced_before_the_rename_and_stale_tmp_removed(make_co
 
 def test_fields_that_may_change_on_resume_are_documented_and_real():
     """Every field MAY_CHANGE_ON_RESUME names exists in TrainConfig and is listed in the README."""
-    from hf_e2e_sae.training.arguments import to_dict
+    from hf_e2e_sae.config.arguments import to_dict
     from hf_e2e_sae.training.config import TrainConfig
-    from hf_e2e_sae.training.resume_compat import MAY_CHANGE_ON_RESUME, _flatten
+    from hf_e2e_sae.runs.resume_compat import MAY_CHANGE_ON_RESUME, _flatten
 
     fields = set(_flatten(to_dict(TrainConfig())))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

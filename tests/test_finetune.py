@@ -28,7 +28,7 @@ def _terms(scale: float, seed: int = 0):
     latents = torch.rand(2, 5, 40, generator=g).requires_grad_()
     orig = torch.randn(2, 5, 50, generator=g)
     sae_logits = (orig + torch.randn(2, 5, 50, generator=g) * 0.1).requires_grad_()
-    return {"s": SiteOutput(input=x, latents=latents, reconstruction=recon)}, sae_logits, orig
+    return {"s": SiteOutput(target=x, latents=latents, reconstruction=recon)}, sae_logits, orig
 
 
 @pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])

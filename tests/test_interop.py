@@ -219,7 +219,7 @@ def test_e2e_sae_checkpoint_loads_with_identical_outputs_given_centring(tmp_path
     patched = SAEPatchedModel(model, [ours])
     with torch.no_grad():
         record = patched(random_ids()).sae_outputs["blocks.1.resid_pre"]
-    raw = record.input
+    raw = record.target
     tl_residual = raw - raw.mean(-1, keepdim=True)
     p = "blocks-1-hook_resid_pre"
     latents = torch.relu(tl_residual @ state[f"{p}.encoder.0.weight"].T + state[f"{p}.encoder.0.bias"])
@@ -324,7 +324,7 @@ def test_patched_model_from_a_foreign_folder(tmp_path):
     assert patched.sites == ["blocks.1.resid_pre"]
     with torch.no_grad():
         record = patched(random_ids()).sae_outputs["blocks.1.resid_pre"]
-        _same_latents(record.latents, theirs.encode(record.input))
+        _same_latents(record.latents, theirs.encode(record.target))
     wide = SAEMetadata(hook_name="blocks.1.hook_resid_pre", model_name="gpt2")
     StandardSAE(StandardSAEConfig(d_in=HIDDEN * 2, d_sae=8, metadata=wide)).save_model(tmp_path / "wide")
     fresh = tiny_model("gpt2")
@@ -365,7 +365,7 @@ def test_foreign_repos_load_from_the_hub(hub, hf_cache, hf_token, tmp_path, spar
         _same_latents(load_sae(sl_repo, subfolder="blocks.1").encode(x), theirs.encode(x))
         patched = SAEPatchedModel.from_pretrained(sl_repo, subfolder="blocks.1", base_model=tiny_model("gpt2"))
         record = patched(random_ids()).sae_outputs["blocks.1.resid_pre"]
-        _same_latents(record.latents, theirs.encode(record.input))
+        _same_latents(record.latents, theirs.encode(record.target))
         ours = load_sae(sp_repo, subfolder="layers.1")
         encoded = coder.encode(x)
         _same_latents(ours.encode(x), torch.zeros(len(x), D_SAE).scatter(-1, encoded.top_indices, encoded.top_acts))

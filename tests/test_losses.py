@@ -64,7 +64,7 @@ def test_presets_fill_only_missing_coefficients():
 
 def test_compute_losses_weights_terms_and_splits_downstream():
     torch.manual_seed(0)
-    out = SiteOutput(input=torch.randn(2, 3, 4), latents=torch.rand(2, 3, 8), reconstruction=torch.randn(2, 3, 4))
+    out = SiteOutput(target=torch.randn(2, 3, 4), latents=torch.rand(2, 3, 8), reconstruction=torch.randn(2, 3, 4))
     orig_logits, sae_logits = torch.randn(2, 3, 11), torch.randn(2, 3, 11)
     orig_ds = {"blocks.2.resid_pre": torch.randn(2, 3, 4), "blocks.3.resid_pre": torch.randn(2, 3, 4)}
     sae_ds = {k: v + 1.0 for k, v in orig_ds.items()}  # MSE exactly 1 at each site

@@ -78,7 +78,7 @@ def test_recorded_inputs_match_hidden_states(arch):
     update = cached["blocks.0.resid_post"] - cached["blocks.0.resid_pre"]
     torch.testing.assert_close(cached["blocks.0.attn_out"] + cached["blocks.0.mlp_out"], update, rtol=1e-4, atol=1e-5)
     patched = model(ids)
-    torch.testing.assert_close(patched.sae_outputs["blocks.1.resid_pre"].input, hidden[1], rtol=0, atol=0)
+    torch.testing.assert_close(patched.sae_outputs["blocks.1.resid_pre"].target, hidden[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

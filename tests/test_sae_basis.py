@@ -110,7 +110,7 @@ def test_patched_model_adds_the_token_mean_back(center):
     with torch.no_grad():
         out = patched(random_ids(), cache_sites=[])
     record = out.sae_outputs["blocks.1.resid_pre"]
-    x = record.input
+    x = record.target
     expected = sae(x).reconstruction + (x.mean(-1, keepdim=True) if center else 0)
     torch.testing.assert_close(record.reconstruction, expected)
     # and that is what the model ran on: splice it by hand and compare logits

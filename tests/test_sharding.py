@@ -31,9 +31,9 @@ from train_fixtures import (  # noqa: E402,F401  (fixtures are used by name)
 
 import hf_e2e_sae.training.trainer as trainer  # noqa: E402
 from hf_e2e_sae.cli import run_train  # noqa: E402
-from hf_e2e_sae.training.arguments import ConfigError  # noqa: E402
+from hf_e2e_sae.config.arguments import ConfigError  # noqa: E402
 from hf_e2e_sae.training.config import load_train_config  # noqa: E402
-from hf_e2e_sae.training.resume_compat import may_change  # noqa: E402
+from hf_e2e_sae.runs.resume_compat import may_change  # noqa: E402
 from hf_e2e_sae.training.sharding import check_sharding  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

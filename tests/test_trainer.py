@@ -25,10 +25,10 @@ from transformers import AutoTokenizer  # noqa: E402
 
 import hf_e2e_sae.training.trainer as trainer  # noqa: E402
 from hf_e2e_sae import SAEPatchedModel  # noqa: E402
-from hf_e2e_sae.training.checkpointing import list_checkpoints, resolve_resume  # noqa: E402
+from hf_e2e_sae.runs.checkpointing import list_checkpoints, resolve_resume  # noqa: E402
 from hf_e2e_sae.cli import main as cli_main  # noqa: E402
-from hf_e2e_sae.training.arguments import ConfigError  # noqa: E402
-from hf_e2e_sae.training.data import build_datasets  # noqa: E402
+from hf_e2e_sae.config.arguments import ConfigError  # noqa: E402
+from hf_e2e_sae.data.pipeline import build_datasets  # noqa: E402
 from hf_e2e_sae.evaluation.metrics import evaluate  # noqa: E402
 from hf_e2e_sae.training.config import load_train_config  # noqa: E402
 

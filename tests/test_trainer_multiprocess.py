@@ -89,4 +89,4 @@ def test_two_processes_match_one_process_with_accumulation(make_config, tiny_ass
     logs = stdout + stderr
     assert stdout.count("Final held-out metrics:") == 1, stdout[-3000:]
     assert logs.count("Final SAEs and metrics written to") == 1
-    assert logs.count("hf_e2e_sae.training.checkpointing: Saved checkpoint") == 1
+    assert logs.count("hf_e2e_sae.runs.checkpointing: Saved checkpoint") == 1

@@ -54,7 +54,7 @@ def test_mlp_in_is_what_the_mlp_reads_and_the_transcoder_replaces_mlp_out(arch):
         assert clean.sae_outputs.keys() == {MLP_IN}
         torch.testing.assert_close(clean.cached_activations[MLP_IN], real_in)
         record = clean.sae_outputs[MLP_IN]
-        torch.testing.assert_close(record.input, real_out)  # the target: the real MLP output
+        torch.testing.assert_close(record.target, real_out)  # the target: the real MLP output
         torch.testing.assert_close(record.reconstruction, model.sae(MLP_IN)(real_in).reconstruction)
         with model.saes_disabled():
             torch.testing.assert_close(model(ids).logits, clean_logits, rtol=0, atol=0)
@@ -100,7 +100,7 @@ def test_exact_transcoder_gives_kl_zero_and_explained_variance_one(activation, k
         random_kl = kl_divergence(clean, SAEPatchedModel(_relu_gpt2(), [transcoder()])(ids).logits)
     assert float(random_kl) > 1e-3
     record = patched.sae_outputs[MLP_IN]
-    torch.testing.assert_close(record.reconstruction, record.input, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(record.reconstruction, record.target, atol=1e-5, rtol=1e-5)
     metrics = evaluate(model, [ids])
     assert metrics[f"explained_variance/{MLP_IN}"] == pytest.approx(1.0, abs=1e-6)
     assert metrics["kl"] < 1e-6 and abs(metrics["ce_loss_increase"]) < 1e-5

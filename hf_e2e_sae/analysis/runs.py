@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from ..patching.base_models import resolve_base_model
 from ..patching.patched_model import SAEPatchedModel
-from ..training.data import DataConfig, build_datasets, create_dataloader
+from ..data.pipeline import DataConfig, build_datasets, create_dataloader
 
 logger = logging.getLogger(__name__)
 

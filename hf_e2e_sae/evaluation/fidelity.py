@@ -31,6 +31,6 @@ def fidelity_inputs(model, input_ids: torch.Tensor, attention_mask: Optional[tor
     model.train(was_training)
     out = patched.sae_outputs[site]
     columns = {"input_ids": input_ids, "attention_mask": mask, "logits_orig": clean, "logits_sae": patched.logits,
-               "sae_input": out.input, "latents": out.latents, "reconstruction": out.reconstruction}
+               "sae_input": out.target, "latents": out.latents, "reconstruction": out.reconstruction}
     return {name: t.detach().cpu().float().numpy() if t.is_floating_point() else t.cpu().numpy()
             for name, t in columns.items()}

@@ -64,7 +64,7 @@ def _logit_sums(orig: torch.Tensor, sae: torch.Tensor, input_ids, mask, chunk_to
 def _site_sums(out, mask: torch.Tensor) -> dict:
     """Per-SAE-site sums over real tokens (float64 where they feed a variance)."""
     m = mask.reshape(-1).bool()
-    x = out.input.reshape(-1, out.input.shape[-1])[m].double()
+    x = out.target.reshape(-1, out.target.shape[-1])[m].double()
     x_hat = out.reconstruction.reshape(-1, out.reconstruction.shape[-1])[m].double()
     latents = out.latents.reshape(-1, out.latents.shape[-1])[m]
     return {

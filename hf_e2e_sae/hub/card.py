@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..training.redaction import redact_secrets
+from ..runs.redaction import redact_secrets
 
 logger = logging.getLogger(__name__)
 

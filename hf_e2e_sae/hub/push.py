@@ -30,8 +30,8 @@ from transformers.utils import CONFIG_NAME
 
 from ..sae.config import SAE_FORMAT_VERSION
 from ..sae.finite import check_finite_weights
-from ..training.redaction import redact_secrets
-from ..training.safety import json_text
+from ..runs.redaction import redact_secrets
+from ..runs.safety import json_text
 from .card import is_hub_id, render_card_from_configs, sae_manifest
 from ..patching.base_models import is_local_only
 from ..patching.patched_model import cached_commit

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional, Union
@@ -47,21 +48,34 @@ class SiteOutput(ModelOutput):
     """What one SAE saw and produced in a forward pass.
 
     Args:
-        input (`(batch, seq, d_in)`): the activation the SAE replaced (for a transcoder: the real output at its
-            `output_site`, e.g. the MLP's output; it read `site`).
+        target (`(batch, seq, d_in)`): the real activation the reconstruction replaced and is compared with. For
+            an SAE it is the activation it read; for a transcoder, the real output at its `output_site` (e.g. the
+            MLP's output), while it read `source`.
         latents (`(batch, seq, dict_size)`): its sparse code.
         reconstruction (`(batch, seq, d_in)`): what was spliced in instead.
         pre_activations (`(batch, seq, dict_size)`): the encoder output before the activation.
         code_values, code_indices (`(batch, seq, k)`): a TopK-like code's kept values and their indices; inside
             `sparse_records()` the only form of the code (`latents` and `pre_activations` are None).
+        source (`(batch, seq, d_in)`): what the dictionary read (`target` for an SAE; the activation at `site` for
+            a transcoder).
+
+    `input`, this record's old name for `target`, still reads but warns: it named a transcoder's target wrongly.
     """
 
-    input: Optional[torch.Tensor] = None
+    target: Optional[torch.Tensor] = None
     latents: Optional[torch.Tensor] = None
     reconstruction: Optional[torch.Tensor] = None
     pre_activations: Optional[torch.Tensor] = None
     code_values: Optional[torch.Tensor] = None
     code_indices: Optional[torch.Tensor] = None
+    source: Optional[torch.Tensor] = None
+
+    @property
+    def input(self) -> Optional[torch.Tensor]:
+        warnings.warn("SiteOutput.input is deprecated and will be removed; use SiteOutput.target (the activation the "
+                      "reconstruction replaces) or SiteOutput.source (what the dictionary read).", FutureWarning,
+                      stacklevel=2)
+        return self.target
 
 
 @dataclass
@@ -202,9 +216,9 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
                 out = self.intervene(site, out)
             reconstruction = restore_token_mean(sae.config, x, out.reconstruction)  # the model's basis
             if self._records is not None:
-                self._records[site] = SiteOutput(input=x, latents=out.latents, reconstruction=reconstruction,
+                self._records[site] = SiteOutput(target=x, latents=out.latents, reconstruction=reconstruction,
                                                  pre_activations=out.pre_activations, code_values=out.code_values,
-                                                 code_indices=out.code_indices)
+                                                 code_indices=out.code_indices, source=x)
             return reconstruction.to(x.dtype)
 
         return rewrite

@@ -48,7 +48,7 @@ def add_transcoder_hooks(model, site: str, sae: SparseAutoencoder, record_type: 
     """Hooks that splice transcoder `sae` (reading `site`) into `model` (an `SAEPatchedModel`); returns handles.
 
     Reads `model._saes_enabled` and `model._records` at call time, as the SAE hooks of `SAEPatchedModel` do;
-    records are `record_type(input=..., latents=..., reconstruction=..., pre_activations=...)` (`SiteOutput`).
+    records are `record_type(target=..., source=..., latents=..., reconstruction=..., ...)` (`SiteOutput`).
     """
     base = model.base_model
     read_at, write_at = resolve_site(base, site), resolve_site(base, sae.config.output_site)
@@ -64,8 +64,9 @@ def add_transcoder_hooks(model, site: str, sae: SparseAutoencoder, record_type: 
         x = kept.pop("x")  # popped: no activation outlives its forward pass
         out = sae(x.to(sae.dtype))
         if model._records is not None:
-            model._records[site] = record_type(input=y, latents=out.latents, reconstruction=out.reconstruction,
-                                               pre_activations=out.pre_activations)
+            model._records[site] = record_type(target=y, latents=out.latents, reconstruction=out.reconstruction,
+                                               pre_activations=out.pre_activations, code_values=out.code_values,
+                                               code_indices=out.code_indices, source=x)
         return out.reconstruction.to(y.dtype)
 
     return [add_hook(read_at.module, read_at.rewrite, read), add_hook(write_at.module, write_at.rewrite, write)]

@@ -23,7 +23,7 @@ def _standard_config_keys() -> frozenset:
     """Keys any `PretrainedConfig` writes (transformers_version, architectures, dtype, ...)."""
     global _STANDARD_KEYS
     if _STANDARD_KEYS is None:
-        _STANDARD_KEYS = frozenset(PretrainedConfig().to_dict()) | {"torch_dtype", "dtype", "_name_or_path"}
+        _STANDARD_KEYS = frozenset(PretrainedConfig().to_dict()) | {"torch_dtype", "dtype", "_name_or_path", "name_or_path"}
     return _STANDARD_KEYS
 
 

@@ -1,6 +1,7 @@
-"""Training: the config, data, losses, the Accelerate trainer and its checkpoints.
+"""Training: the run config, the losses, the training step and the Accelerate loop.
 
-Names are imported on first use (PEP 562), so that importing a light submodule (losses, redaction) does not
+Data lives in `hf_e2e_sae.data`, run bookkeeping (output folders, checkpoints, redaction) in `hf_e2e_sae.runs`.
+Names are imported on first use (PEP 562), so that importing a light submodule (losses) does not
 import `datasets` and the trainer: `import hf_e2e_sae` stays cheap and works with the transformers-4.57 stack.
 """
 from importlib import import_module

@@ -14,9 +14,9 @@ from typing import Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from ..sae.sites import parse_site
-from .arguments import ConfigError, ConfigModel, load_config
+from ..config.arguments import ConfigError, ConfigModel, load_config
 from .architecture_config import apply_activation_defaults, check_architecture
-from .data import DataConfig
+from ..data.pipeline import DataConfig
 from .finetune import check_init_from
 from .losses import LossConfig
 

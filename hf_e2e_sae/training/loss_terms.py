@@ -97,7 +97,7 @@ class AuxK:
             values, indices = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
             aux_latents = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
             e_hat = sae.decode(aux_latents) - sae.decoder.bias
-            e = (out.input - out.reconstruction).detach().reshape(-1, e_hat.shape[-1]).to(e_hat.dtype)
+            e = (out.target - out.reconstruction).detach().reshape(-1, e_hat.shape[-1]).to(e_hat.dtype)
             weights = torch.ones(e.shape[0], device=e.device) if mask is None else mask.reshape(-1).to(e.device, e.dtype)
             mean = (weights[:, None] * e).sum(0) / weights.sum().clamp_min(1)
             sse = (weights * (e_hat - e).pow(2).sum(-1)).sum()
@@ -107,8 +107,11 @@ class AuxK:
 
 
 def pre_activations(out, sae) -> torch.Tensor:
-    """The encoder outputs of an SAE output; recomputed from its input when the step kept only a sparse code."""
-    return out.pre_activations if out.pre_activations is not None else sae.pre_activations(out.input.to(sae.dtype))
+    """The encoder outputs of an SAE output; recomputed from what it read when the step kept only a sparse code."""
+    if out.pre_activations is not None:
+        return out.pre_activations
+    source = out.source if out.source is not None else out.target
+    return sae.pre_activations(source.to(sae.dtype))
 
 
 register_loss_term(

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, model_validator
 
 from ..sae.sparse_code import code_values
-from .arguments import ConfigModel
+from ..config.arguments import ConfigModel
 from .fused_kl import auto_chunk_tokens
 
 from .finetune import check_kl_balance, kl_scale
@@ -223,7 +223,7 @@ def compute_losses(
     if config.sparsity.coeff > 0:
         total = total + config.sparsity.coeff * sparsity
     if config.reconstruction.coeff > 0:
-        terms["reconstruction"] = sum(mse_loss(o.reconstruction, o.input, mask) for o in sae_outputs.values())
+        terms["reconstruction"] = sum(mse_loss(o.reconstruction, o.target, mask) for o in sae_outputs.values())
         total = total + config.reconstruction.coeff * terms["reconstruction"]
     if config.kl.coeff > 0:
         chunk = config.kl.chunk_tokens or auto_chunk_tokens(sae_logits.shape[-1], sae_logits.device) \

@@ -11,12 +11,12 @@ from transformers import AutoConfig
 
 from ..patching.architectures import check_site, num_blocks
 from ..patching.base_models import resolve_base_model
-from .arguments import ConfigError
+from ..config.arguments import ConfigError
 from ..sae.hub_interface import hub_function
-from .activation_cache import check_cache
+from ..data.activation_cache import check_cache
 from .config import TrainConfig
 from .finetune import check_initial_sae
-from .local_data import check_local_files, local_source
+from ..data.local_files import check_local_files, local_source
 from .losses import default_downstream_sites
 from .sharding import check_sharding
 

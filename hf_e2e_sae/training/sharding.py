@@ -43,7 +43,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from ..patching.architectures import architecture_for
-from .arguments import ConfigError
+from ..config.arguments import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -32,20 +32,20 @@ from ..sae.config import SAEConfig
 from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
 from ..sae.sparse_code import firing
-from .activation_cache import cached_micro_batch_loss, cached_train_loader
+from .cached_step import cached_micro_batch_loss, cached_train_loader
 from .architecture_config import activation_options
-from .arguments import to_dict
-from .checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
+from ..config.arguments import to_dict
+from ..runs.checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
 from .config import TrainConfig
-from .data import build_datasets, create_dataloader, skip_samples
+from ..data.pipeline import build_datasets, create_dataloader, skip_samples
 from .finetune import load_initial_sae
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
-from .output_dir import prepare_output_dir, staged_dir
+from ..runs.output_dir import prepare_output_dir, staged_dir
 from .preflight import preflight
-from .redaction import config_yaml, redact_secrets
-from .resume_compat import check_resume_compatible
-from .safety import check_step_finite, json_text
+from ..runs.redaction import config_yaml, redact_secrets
+from ..runs.resume_compat import check_resume_compatible
+from ..runs.safety import check_step_finite, json_text
 from .sharding import shard_base_model
 from .step import micro_batch_loss as fast_micro_batch_loss
 
@@ -140,7 +140,7 @@ def setup_run(config: TrainConfig) -> _Run:
     cpu = _use_cpu_backend()
     world = PartialState(cpu=cpu).num_processes
     preflight(config, world)  # base model config, sites, data files, batch sizes: before any weights load
-    # Before the model loads: a usable output_dir, locked for this run (see training/output_dir.py).
+    # Before the model loads: a usable output_dir, locked for this run (see runs/output_dir.py).
     lock = prepare_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir) \
         if PartialState().is_main_process else None
     try:

@@ -43,7 +43,7 @@ class _Record:
     """One example shaped like `SiteOutput` for the library's own per-site sums."""
 
     def __init__(self, x, latents, reconstruction):
-        self.input, self.latents, self.reconstruction = x, latents, reconstruction
+        self.target, self.latents, self.reconstruction = x, latents, reconstruction
 
 
 @evaluate.utils.file_utils.add_start_docstrings(__doc__, _KWARGS)

@@ -64,6 +64,6 @@ def config_yaml(config: Any) -> str:
     """A TrainConfig as YAML text with its credentials redacted (what checkpoints and final/ hold)."""
     import yaml
 
-    from .arguments import to_dict
+    from ..config.arguments import to_dict
 
     return yaml.safe_dump(redact_secrets(to_dict(config)), sort_keys=False, allow_unicode=True)

@@ -25,10 +25,10 @@ from ..patching.patched_model import SAEPatchedModel
 from ..sae.activations import ACTIVATIONS
 from ..sae.config import SAEConfig
 from ..sae.model import SparseAutoencoder
-from .architecture_config import apply_activation_defaults
-from .losses import LossConfig, default_downstream_sites
-from .step import micro_batch_loss, reference_micro_batch_loss
-from .trainer import make_optimizer
+from ..training.architecture_config import apply_activation_defaults
+from ..training.losses import LossConfig, default_downstream_sites
+from ..training.step import micro_batch_loss, reference_micro_batch_loss
+from ..training.trainer import make_optimizer
 
 LR = 5e-4
 TOPK = 32

@@ -32,8 +32,8 @@ from datasets.fingerprint import Hasher
 from pydantic import Field, model_validator
 from torch.utils.data import DataLoader
 
-from .arguments import ConfigModel
-from .local_data import is_saved_dataset, local_source
+from ..config.arguments import ConfigModel
+from .local_files import is_saved_dataset, local_source
 
 logger = logging.getLogger(__name__)
 

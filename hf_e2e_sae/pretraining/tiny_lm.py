@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..patching.base_models import TINY_LM_DIR
-from .corpus import pack_token_ids
+from ..data.corpus import pack_token_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast

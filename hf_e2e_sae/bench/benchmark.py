@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import benchmark_systems as systems
+from . import systems
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def cpu_peak_in_this_process(step: Callable) -> tuple:
 def cpu_peak(system: str, shape_name: str, seed: int, dtype: str) -> tuple:
     """Run `cpu_peak_in_this_process` for one system in a fresh interpreter (nothing cached from others);
     `(state, peak)` bytes, or `(None, None)` when the probe failed."""
-    cmd = [sys.executable, "-m", "hf_e2e_sae.training.benchmark", "--memory-probe", system, "--shape", shape_name,
+    cmd = [sys.executable, "-m", "hf_e2e_sae.bench.benchmark", "--memory-probe", system, "--shape", shape_name,
            "--seed", str(seed), "--dtype", dtype]
     # Every block of 64 KiB or more is its own mmap, unmapped when freed: glibc would otherwise keep freed blocks
     # below its (adaptive, up to 32 MiB) threshold resident, and RSS would not fall back between steps.

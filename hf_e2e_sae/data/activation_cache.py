@@ -40,10 +40,8 @@ from tqdm.auto import tqdm
 
 from ..patching.base_models import BUILTIN_PREFIX, config_hash, resolve_base_model
 from ..sae.sites import parse_site
-from .arguments import ConfigError, to_dict
-from .loss_terms import add_loss_terms
-from .losses import compute_losses
-from .redaction import redact_secrets
+from ..config.arguments import ConfigError, to_dict
+from ..runs.redaction import redact_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +296,7 @@ class ActivationCache:
         return torch.from_numpy(np.concatenate(parts).reshape(len(chunks), L, self.d_in)).to(self.dtype)
 
 
-class _MicroBatches(torch.utils.data.Dataset):
+class CachedMicroBatches(torch.utils.data.Dataset):
     """Item m: `{site: (batch_size, seq, d_in)}` of samples [m * batch_size, (m + 1) * batch_size) of `chunks`."""
 
     def __init__(self, cache: ActivationCache, chunks: np.ndarray, batch_size: int, sites: list):
@@ -312,13 +310,13 @@ class _MicroBatches(torch.utils.data.Dataset):
         return {site: self.cache.read(site, chunks) for site in self.sites}
 
 
-def _only(items: list) -> dict:
+def only_item(items: list) -> dict:
     return items[0]  # each item is a whole micro-batch already
 
 
 def sample_chunks(cache: ActivationCache, train_ds, batch_size: int = 256) -> np.ndarray:
     """The cache chunk of every sample of `train_ds`, in order; raises `ConfigError` naming a missing sample."""
-    from .data import create_dataloader
+    from .pipeline import create_dataloader
 
     chunks = []
     for batch in create_dataloader(train_ds, batch_size):
@@ -329,51 +327,3 @@ def sample_chunks(cache: ActivationCache, train_ds, batch_size: int = 256) -> np
                                   f"(it holds {len(cache.chunk_of)} samples): use another folder for this data")
             chunks.append(chunk)
     return np.asarray(chunks, dtype=np.int64)
-
-
-# ---------------------------------------------------------------- the trainer's side
-def _token_batches(train_ds, batch_size: int) -> Iterator[torch.Tensor]:
-    from .data import create_dataloader
-
-    for batch in create_dataloader(train_ds, batch_size):
-        yield batch["input_ids"]
-
-
-def cached_train_loader(run, train_ds) -> torch.utils.data.DataLoader:
-    """The run's micro-batches from `config.activation_cache`, built first when missing; prepared by Accelerate.
-
-    Builds on the main process (the others wait), then every process checks the cache, looks up the chunks of the
-    samples it has not trained on yet (`run.state.samples` on resume) and reads its share of the micro-batches,
-    sharded as the token loader is (micro-batch m goes to process m % num_processes).
-    """
-    from .data import skip_samples
-
-    config, acc = run.config, run.accelerator
-    raw, path = acc.unwrap_model(run.model), Path(config.activation_cache)
-    if acc.is_main_process and not path.exists():
-        logger.info("Building the activation cache %s (one pass of the base model over %d samples)", path,
-                    config.total_samples)
-        build_cache(raw, _token_batches(train_ds, config.batch_size), path, cache_identity(config, raw.config),
-                    raw.sites, acc.autocast, total=config.total_samples)
-    acc.wait_for_everyone()
-    try:
-        check_cache(path, config, raw.config)
-    except ValueError as e:
-        raise ConfigError(f"activation_cache: {e}") from None
-    cache = ActivationCache(path)
-    chunks = sample_chunks(cache, skip_samples(train_ds, run.state.samples))
-    loader = torch.utils.data.DataLoader(_MicroBatches(cache, chunks, config.batch_size, raw.sites), batch_size=1,
-                                         shuffle=False, collate_fn=_only)
-    return acc.prepare(loader)
-
-
-def cached_micro_batch_loss(run, batch: dict) -> tuple:
-    """`(total, terms, sae_outputs)` of one cached micro-batch `{site: (batch, seq, d_in)}`: the SAEs (through the
-    prepared model, so data-parallel gradients are reduced), the local loss and the registered terms."""
-    raw = run.accelerator.unwrap_model(run.model)
-    with raw.sparse_records():  # TopK codes as values and indices, as in the live fast step
-        out = run.model(site_inputs=batch)
-    total, terms = compute_losses(run.config.loss, out.sae_outputs, run.d_in)
-    total, terms = add_loss_terms(run.loss_terms, total, terms, out.sae_outputs,
-                                  {site: raw.sae(site) for site in out.sae_outputs}, run.d_in)
-    return total, terms, out.sae_outputs

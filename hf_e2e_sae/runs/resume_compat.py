@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .arguments import to_dict
+from ..config.arguments import to_dict
 from .redaction import redact_secrets
 
 MAY_CHANGE_ON_RESUME = (

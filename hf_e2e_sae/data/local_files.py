@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .arguments import ConfigError
+from ..config.arguments import ConfigError
 
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _SAVED_DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
