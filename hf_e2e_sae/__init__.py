@@ -1,28 +1,27 @@
 """hf_e2e_sae: end-to-end sparse dictionary learning for Hugging Face causal LMs.
 
-Importing the package registers `SAEConfig` / `SparseAutoencoder` with transformers' `AutoConfig`
-and `AutoModel` under the model type "hf_e2e_sae" (no `trust_remote_code` needed), and connects the
-Hub layer (`hf_e2e_sae.hub`) to the models. The layers, bottom to top: `sae`, `patching`,
-`evaluation`, `training`, `hub`, `interop`, `analysis`, `cli` (see docs/ARCHITECTURE.md).
+Importing the package is cheap: the names below are imported on first use (PEP 562), and `SAEConfig` /
+`SparseAutoencoder` are registered with transformers' `AutoConfig` / `AutoModel` under the model type
+"hf_e2e_sae" (no `trust_remote_code` needed) as soon as transformers is imported (`auto_registration.py`). The
+layers, bottom to top: `sae`, `patching`, `evaluation`, `config`, `runs`, `data`, `pretraining`, `training`,
+`bench`, `hub`, `interop`, `analysis`, `cli` (see docs/ARCHITECTURE.md).
 """
-
+from .auto_registration import register_when_transformers_loads
+from .lazy_exports import lazy_exports
 from .version import __version__
 
-from transformers import AutoConfig, AutoModel
+_EXPORTS = {
+    "evaluate": ".evaluation",
+    "push_run_to_hub": ".hub", "render_model_card": ".hub",
+    "convert": ".interop", "export_sae": ".interop", "load_sae": ".interop",
+    "ARCHITECTURES": ".patching", "ArchitectureSpec": ".patching", "SAEPatchedModel": ".patching",
+    "SAEPatchedOutput": ".patching", "SiteOutput": ".patching", "register_architecture": ".patching",
+    "ACTIVATIONS": ".sae", "SAEConfig": ".sae", "SAEOutput": ".sae", "Site": ".sae", "SparseAutoencoder": ".sae",
+    "parse_site": ".sae", "register_activation": ".sae",
+    "LossConfig": ".training.losses", "compute_losses": ".training.losses", "kl_divergence": ".training.losses",
+    "mse_loss": ".training.losses", "sparsity_loss": ".training.losses",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
-from .evaluation import evaluate
-from .hub import push_run_to_hub, render_model_card
-from .interop import convert, export_sae, load_sae
-from .patching import ARCHITECTURES, ArchitectureSpec, SAEPatchedModel, SAEPatchedOutput, SiteOutput, register_architecture
-from .sae import ACTIVATIONS, SAEConfig, SAEOutput, Site, SparseAutoencoder, parse_site, register_activation
-from .training.losses import LossConfig, compute_losses, kl_divergence, mse_loss, sparsity_loss
-
-AutoConfig.register(SAEConfig.model_type, SAEConfig, exist_ok=True)
-AutoModel.register(SAEConfig, SparseAutoencoder, exist_ok=True)
-
-__all__ = [
-    "ACTIVATIONS", "ARCHITECTURES", "ArchitectureSpec", "LossConfig", "SAEConfig", "SAEOutput",
-    "SAEPatchedModel", "SAEPatchedOutput", "Site", "SiteOutput", "SparseAutoencoder", "compute_losses",
-    "convert", "evaluate", "export_sae", "load_sae", "kl_divergence", "mse_loss", "parse_site", "push_run_to_hub", "register_activation",
-    "register_architecture", "render_model_card", "sparsity_loss",
-]
+register_when_transformers_loads()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from .patching.base_models import ASSETS_DIR
-
-DEMO_CONFIG = ASSETS_DIR / "tiny-e2e.yaml"
+DEMO_CONFIG = Path(__file__).parent / "assets" / "tiny-e2e.yaml"  # = patching.base_models.ASSETS_DIR (not
+# imported: that would load torch before `--help` answers)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -23,11 +23,14 @@ def _usage() -> str:
     return "\n".join(lines + ["", "`hf-e2e-sae COMMAND --help` describes each command."]) + "\n"
 
 
-def _fail(prog: str, error: BaseException) -> int:
-    """A user mistake: one line on stderr, exit code 2."""
+def _fail(prog: str, error: BaseException, code: int = 2) -> int:
+    """A user mistake (exit code 2) or a run that stopped (1): one line on stderr."""
+    from .launcher import report_child_error
+
     message = " ".join(str(error).split()) or type(error).__name__
+    report_child_error(code, message)  # under `hf-e2e-sae train --config_file ...`: the launching command prints it
     sys.stderr.write(f"{prog}: error: {message}\n")
-    return 2
+    return code
 
 
 # ---------------------------------------------------------------- train
@@ -63,17 +66,21 @@ def final_report(config, metrics: dict) -> str:
 def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callable] = None) -> int:
     """Parse, check and train; config errors (including the checks against the base model and the data that
     run before any weights load) exit 2 with one line. `train(config) -> metrics` defaults to the trainer's."""
-    from accelerate import PartialState
-
     from .config.arguments import ConfigError
-    from .runs.errors import RUN_ERRORS
 
+    launch_args, argv = _launch_args(argv)
     try:
         config = config_from_argv(argv, prog)
+        if config is not None and launch_args:
+            return _launch(config, launch_args, argv, prog)
     except ConfigError as error:
         return _fail(prog, error)
     if config is None:
         return 0
+    from accelerate import PartialState
+
+    from .runs.errors import RUN_ERRORS
+
     if train is None:
         from .training.trainer import train
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -83,12 +90,36 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
         return _fail(prog, error)
     except RUN_ERRORS as error:  # non-finite loss, output_dir in use, disk full, bad checkpoint: one line
         sys.stderr.write("\n")  # on its own line, after any progress bar
-        _fail(prog, error)
-        return 1
+        return _fail(prog, error, code=1)
     if metrics and PartialState().is_main_process:
         sys.stdout.write(final_report(config, metrics))
     _close_process_group()
     return 0
+
+
+def _launch_args(argv: list) -> tuple[list, list]:
+    """Leading `accelerate launch` options (none: train in this process); see `hf_e2e_sae.launcher`."""
+    from .training.config import TrainConfig
+
+    first = argv[0].lstrip("-").split("=", 1)[0] if argv else ""
+    if not argv[0:1] or not argv[0].startswith("-") or "." in first or first in TrainConfig.model_fields \
+            or os.environ.get("LOCAL_RANK") is not None:
+        return [], argv  # a CONFIG, an override or a config field first, or already a launched child
+    from .launcher import split_launch_args  # accelerate's parser (loads torch): only for a possible launch option
+
+    return split_launch_args(argv, set(TrainConfig.model_fields))
+
+
+def _launch(config, launch_args: list, argv: list, prog: str) -> int:
+    """Check everything a child would check first, here (one line, exit 2), then launch the processes."""
+    from .launcher import check_before_launch, launch, num_processes
+    from .runs.output_dir import OutputDirError
+
+    try:
+        check_before_launch(config, num_processes(launch_args))
+    except OutputDirError as error:
+        return _fail(prog, error)
+    return launch(launch_args, argv, prog)
 
 
 def _close_process_group() -> None:
@@ -104,11 +135,6 @@ def _close_process_group() -> None:
 # ---------------------------------------------------------------- push
 def push_main(argv: list) -> int:
     """`hf-e2e-sae push OUTPUT_DIR REPO_ID [--private] [--token T] [--revision R] [--commit-message M]`."""
-    from huggingface_hub import get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from .hub.push import find_saved_folder, push_run_to_hub
-
     prog = "hf-e2e-sae push"
     parser = argparse.ArgumentParser(
         prog=prog, description="Publish trained SAEs (a trainer output folder, its final/ folder, or any "
@@ -121,6 +147,11 @@ def push_main(argv: list) -> int:
     parser.add_argument("--commit-message", default=None, help="commit message")
     parser.add_argument("--license", default="mit", help="license in the model card (default: mit)")
     args = parser.parse_args(argv)
+    from huggingface_hub import get_token  # after parsing: `--help` answers before torch loads
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub.push import find_saved_folder, push_run_to_hub
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         find_saved_folder(args.output_dir)  # the folder first: a typo should not read as a token problem

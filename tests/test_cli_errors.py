@@ -17,7 +17,9 @@ def _data_files(root: Path) -> dict:
     (root / "latin1.txt").write_bytes("To be, or not to be: caf\xe9".encode("latin-1") * 50)
     (root / "no_text.jsonl").write_text(json.dumps({"body": "hello"}) + "\n")
     (root / "saved").mkdir()
-    return {name: str(root / name) for name in ("empty.txt", "latin1.txt", "no_text.jsonl", "saved")}
+    (root / "used" / "final").mkdir(parents=True)  # a finished run's folder
+    (root / "used" / "final" / "config.json").write_text("{}")
+    return {name: str(root / name) for name in ("empty.txt", "latin1.txt", "no_text.jsonl", "saved", "used")}
 
 
 def _cases(files: dict) -> dict:
@@ -44,6 +46,13 @@ def _cases(files: dict) -> dict:
                                 "nope is not a directory"),
         "unknown command": ([sys.executable, "-m", "hf_e2e_sae.cli", "trian"], "unknown command 'trian'"),
         "init_from missing": (TRAIN + ["init_from=./no_such_sae"], "init_from: ./no_such_sae does not exist"),
+        # The launching form (accelerate options first): checked here before any process starts.
+        "launch: bad site": (TRAIN + ["--config_file", str(REPO / "examples/accelerate/cpu_2proc.yaml"),
+                                      "sites=blocks.9.resid_pre"], "block index 9 out of range"),
+        "launch: reused output_dir": (TRAIN + ["--config_file", str(REPO / "examples/accelerate/single.yaml"),
+                                               f"output_dir={files['used']}"], "holds another run"),
+        "launch: missing data": (TRAIN + ["--num_processes", "1", "data.path=./nope/plays.txt"],
+                                 "./nope/plays.txt does not exist"),
     }
 
 
@@ -60,7 +69,8 @@ def results(tmp_path_factory):
     return {name: (proc.wait(timeout=600), proc.stderr.read(), expected) for name, (proc, expected) in procs.items()}
 
 
-@pytest.mark.parametrize("case", list(_cases({k: k for k in ("empty.txt", "latin1.txt", "no_text.jsonl", "saved")})))
+@pytest.mark.parametrize("case", list(_cases({k: k for k in ("empty.txt", "latin1.txt", "no_text.jsonl", "saved",
+                                                               "used")})))
 def test_user_mistake_is_one_line_and_exit_2(results, case):
     code, stderr, expected = results[case]
     lines = [line for line in stderr.splitlines() if line.strip()]

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 
 from ..patching.base_models import resolve_base_model
 from ..patching.patched_model import SAEPatchedModel
+from ..data.config import eval_split_of
 from ..data.pipeline import DataConfig, build_datasets, create_dataloader
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,9 @@ def held_out_config(train_config: dict, n_tokens: int, data_path: Optional[str] 
     data["context_length"] = context_length or data.get("context_length", 1024)
     data["streaming"] = False
     n_chunks = max(1, math.ceil(n_tokens / data["context_length"]))
-    if data.get("eval_split"):
+    if eval_split_of(data):
         # Its first n_chunks become the eval set (the rest, unused, must hold at least one chunk).
-        data["split"], data["eval_split"] = data["eval_split"], None
+        data["split"], data["eval_split"] = eval_split_of(data), None
     elif n_chunks > data.get("n_eval_samples", 500):
         logger.warning("Only the first %d chunks were held out from training; using those, not %d",
                        data.get("n_eval_samples", 500), n_chunks)

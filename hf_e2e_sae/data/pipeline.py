@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from itertools import islice
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import datasets
 import numpy as np
@@ -29,77 +29,14 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, IterableDataset, Sequence, Value
 from datasets.fingerprint import Hasher
-from pydantic import Field, model_validator
 from torch.utils.data import DataLoader
 
-from ..config.arguments import ConfigModel
+from .config import BUILTIN_DATASETS, DataConfig, eval_split_of  # noqa: F401  (re-exported: their old home)
 from .local_files import is_saved_dataset, local_source
 
 logger = logging.getLogger(__name__)
 
 TrainData = Union[Dataset, IterableDataset]
-
-
-def _load_builtin_shakespeare() -> DatasetDict:
-    from .corpus import load_shakespeare_splits
-
-    return load_shakespeare_splits()
-
-
-BUILTIN_DATASETS: dict[str, Callable[[], DatasetDict]] = {"builtin:shakespeare": _load_builtin_shakespeare}
-"""Built-in corpora: name -> zero-argument loader of a `DatasetDict` with a text column."""
-
-
-class DataConfig(ConfigModel):
-    """Where the training/eval text comes from and how it is turned into fixed-length token chunks."""
-
-    path: str = Field("builtin:shakespeare", min_length=1)
-    """Hub dataset name, builder ("text", "json", "parquet", "csv"), a local data file or folder, a `save_to_disk`
-    directory, or "builtin:<name>"."""
-    name: Optional[str] = None
-    """Dataset configuration name (passed to `datasets.load_dataset`)."""
-    data_files: Optional[Union[str, list[str], dict[str, Union[str, list[str]]]]] = None
-    """Data files for a builder path: a path, a list of paths, or a dict split -> path(s)."""
-    split: str = Field("train", min_length=1)
-    """Split used for training (slices such as "train[:10%]" work for map-style data)."""
-    eval_split: Optional[str] = None
-    """Separate held-out split for evaluation; if None the first `n_eval_samples` chunks of `split` are held out."""
-    n_eval_samples: int = Field(500, ge=1)
-    """Number of evaluation samples (chunks of `context_length` tokens)."""
-    text_column: str = Field("text", min_length=1)
-    """Column holding raw text."""
-    tokenized_column: str = Field("input_ids", min_length=1)
-    """Column holding token ids; if present it is used as is (one row = one sample, truncated to context_length)."""
-    streaming: bool = False
-    """Stream the dataset instead of preparing it on disk (training data is then an IterableDataset)."""
-    context_length: int = Field(1024, ge=2)
-    """Tokens per sample."""
-    shuffle: bool = True
-    """Shuffle the training samples (seeded, deterministic). Eval data is never shuffled."""
-    shuffle_seed: Optional[int] = None
-    """Seed of the data order; None uses the seed given to `build_datasets` (the run seed)."""
-    shuffle_buffer_size: int = Field(10_000, ge=1)
-    """Shuffle buffer size (in samples) when streaming."""
-    num_proc: Optional[int] = Field(None, ge=1)
-    """Processes for loading, tokenizing and packing map-style data (ignored when streaming)."""
-    max_epochs: int = Field(1, ge=1)
-    """Map-style data only: repeat the training chunks up to this many times (each pass in its own seeded order)
-    when n_samples asks for more than one pass holds."""
-    map_batch_size: int = Field(1000, ge=1)
-    """Rows per `datasets.map` batch / tokenizer call."""
-    load_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments for `datasets.load_dataset` (e.g. {"sample_by": "document"} for "text")."""
-
-    @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
-        if self.path.startswith("builtin:") and self.path not in BUILTIN_DATASETS:
-            raise ValueError(f"data.path={self.path!r} is unknown; choices: {sorted(BUILTIN_DATASETS)}")
-        if self.text_column == self.tokenized_column:
-            raise ValueError(f"data.tokenized_column={self.tokenized_column!r} must differ from text_column")
-        if self.eval_split is not None and self.eval_split == self.split:
-            raise ValueError(f"data.eval_split={self.eval_split!r} must be None (hold out part of split "
-                             f"{self.split!r}) or a different split name")
-        return self
 
 
 def chunk_features(context_length: int) -> Features:
@@ -119,7 +56,8 @@ def tokenize_texts(texts: list[Optional[str]], tokenizer: Any) -> list[list[int]
 
 
 def _load_splits(config: DataConfig) -> tuple[TrainData, Optional[TrainData]]:
-    names = [config.split] + ([config.eval_split] if config.eval_split else [])
+    eval_split = eval_split_of(config)
+    names = [config.split] + ([eval_split] if eval_split else [])
     path, data_files = config.path, config.data_files
     local = local_source(path)  # a local .txt/.json(l)/.parquet/.csv file or folder -> its builder and files
     if local is not None:
@@ -129,7 +67,7 @@ def _load_splits(config: DataConfig) -> tuple[TrainData, Optional[TrainData]]:
             raise ValueError(f"unknown builtin dataset {path!r}; choices: {sorted(BUILTIN_DATASETS)}")
         obj = BUILTIN_DATASETS[path]() if path.startswith("builtin:") else datasets.load_from_disk(path)
         if isinstance(obj, Dataset):  # a saved Dataset has no splits: it is the training data
-            if config.eval_split:
+            if eval_split:
                 raise ValueError(f"{path!r} holds a single Dataset without splits; eval_split must be None")
             splits = [obj]
         else:
@@ -289,7 +227,7 @@ def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional
     held_out = eval_raw is None
     eval_src, skip = (train_raw, n_eval) if held_out else (eval_raw, 0)
     where_train = f"split {config.split!r} of {config.path!r}"
-    where_eval = f"split {config.eval_split or config.split!r} of {config.path!r}"
+    where_eval = f"split {eval_split_of(config) or config.split!r} of {config.path!r}"
     pre_train = _is_pretokenized(train_raw, config, where_train)
     pre_eval = pre_train if held_out else _is_pretokenized(eval_src, config, where_eval)
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..data.config import eval_split_of
 from ..runs.redaction import redact_secrets
 
 logger = logging.getLogger(__name__)
@@ -137,8 +138,8 @@ def _dataset_info(train_config: Mapping) -> dict:
     if not isinstance(data, Mapping) or not data.get("path"):
         return {}
     path, name = str(data["path"]), data.get("name")
-    # Without eval_split, the trainer holds out the first chunks of the training split.
-    split = data.get("eval_split") or (f"{data['split']} (held-out part)" if data.get("split") else None)
+    # Without an eval split (given, or a built-in corpus's own), the trainer holds out the first chunks of `split`.
+    split = eval_split_of(dict(data)) or (f"{data['split']} (held-out part)" if data.get("split") else None)
     hub = is_hub_id(path) and path not in _PACKAGED_BUILDERS
     shown = f"[`{path}`](https://huggingface.co/datasets/{path})" if hub else f"`{path}`"
     if name:

@@ -1,6 +1,11 @@
-"""Splicing SAEs into a causal LM: the model-family registry, hooks and `SAEPatchedModel`."""
-from .architectures import ARCHITECTURES, ArchitectureSpec, register_architecture, resolve_site
-from .patched_model import SAEPatchedModel, SAEPatchedOutput, SiteOutput
+"""Splicing SAEs into a causal LM: the model-family registry, hooks and `SAEPatchedModel` (names imported on
+first use)."""
+from ..lazy_exports import lazy_exports
 
-__all__ = ["ARCHITECTURES", "ArchitectureSpec", "SAEPatchedModel", "SAEPatchedOutput", "SiteOutput",
-           "register_architecture", "resolve_site"]
+_EXPORTS = {
+    "ARCHITECTURES": ".architectures", "ArchitectureSpec": ".architectures", "register_architecture": ".architectures",
+    "resolve_site": ".architectures", "SAEPatchedModel": ".patched_model", "SAEPatchedOutput": ".patched_model",
+    "SiteOutput": ".patched_model",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

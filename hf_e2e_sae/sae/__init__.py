@@ -1,11 +1,15 @@
 """The dictionaries: `SAEConfig`, `SparseAutoencoder`, site names and the activation registry.
 
-The bottom layer: it imports nothing else from hf_e2e_sae.
+The bottom layer: it imports nothing else from hf_e2e_sae (but the package's lazy-export helper). Names are
+imported on first use, so `hf_e2e_sae.sae.sites` loads without torch.
 """
-from .activations import ACTIVATION_SPECS, ACTIVATIONS, ActivationOption, build_activation, register_activation
-from .config import SAE_FORMAT_VERSION, SAEConfig
-from .model import SAEOutput, SparseAutoencoder
-from .sites import SITE_KINDS, Site, parse_site
+from ..lazy_exports import lazy_exports
 
-__all__ = ["ACTIVATIONS", "ACTIVATION_SPECS", "ActivationOption", "SAE_FORMAT_VERSION", "SITE_KINDS", "SAEConfig", "SAEOutput", "Site", "SparseAutoencoder",
-           "build_activation", "parse_site", "register_activation"]
+_EXPORTS = {
+    "ACTIVATIONS": ".activations", "ACTIVATION_SPECS": ".activations", "ActivationOption": ".activations",
+    "build_activation": ".activations", "register_activation": ".activations",
+    "SAE_FORMAT_VERSION": ".config", "SAEConfig": ".config", "SAEOutput": ".model", "SparseAutoencoder": ".model",
+    "SITE_KINDS": ".sites", "Site": ".sites", "parse_site": ".sites",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

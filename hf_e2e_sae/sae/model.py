@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .activations import ACTIVATION_SPECS, build_activation
@@ -146,3 +146,9 @@ class SparseAutoencoder(PreTrainedModel):
         `card_data`, `metrics`, `train_config`, ...). Returns the `huggingface_hub.CommitInfo`.
         """
         return hub_function("push_to_hub")(self, repo_id, **kwargs)
+
+
+# The Auto classes learn our model type as soon as the class exists (also done by `hf_e2e_sae.auto_registration`
+# when transformers is imported outside our own modules), so `AutoModel.from_pretrained(saved_sae)` just works.
+AutoConfig.register(SAEConfig.model_type, SAEConfig, exist_ok=True)
+AutoModel.register(SAEConfig, SparseAutoencoder, exist_ok=True)

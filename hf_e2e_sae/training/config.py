@@ -15,10 +15,8 @@ from pydantic import Field, model_validator
 
 from ..sae.sites import parse_site
 from ..config.arguments import ConfigError, ConfigModel, load_config
-from .architecture_config import apply_activation_defaults, check_architecture
-from ..data.pipeline import DataConfig
-from .finetune import check_init_from
-from .losses import LossConfig
+from ..data.config import DataConfig
+from .loss_config import LossConfig
 
 
 class BaseModelConfig(ConfigModel):
@@ -124,6 +122,10 @@ class TrainConfig(ConfigModel):
     @classmethod
     def _activation_defaults(cls, data):
         """TopK-like activations get no sparsity penalty unless the config asks for one (before validation)."""
+        if not isinstance(data, dict) or "activation" not in data:
+            return data  # the default activation, relu, fixes no sparsity (tested); no need to load the registry
+        from .architecture_config import apply_activation_defaults  # the activation registry: torch
+
         return apply_activation_defaults(data)
 
     @model_validator(mode="after")
@@ -165,6 +167,9 @@ def check_train_config(config: TrainConfig) -> None:
     for site in config.loss.downstream.sites:
         if parse_site(site).position <= last_sae:
             raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
+    from .architecture_config import check_architecture  # imported here: torch, after the cheap checks
+    from .finetune import check_init_from
+
     check_init_from(config)
     check_architecture(config)
     if config.activation_cache is not None:

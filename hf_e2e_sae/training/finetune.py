@@ -21,12 +21,7 @@ from typing import Mapping
 
 import torch
 
-
-def check_kl_balance(loss_config) -> None:
-    """`loss.kl.balance` needs an MSE to balance against (its preset default is resolved by `LossConfig`)."""
-    if loss_config.kl.balance and (loss_config.reconstruction.coeff <= 0 or loss_config.kl.coeff <= 0):
-        raise ValueError("loss.kl.balance needs loss.reconstruction.coeff > 0 and loss.kl.coeff > 0 "
-                         f"(got {loss_config.reconstruction.coeff} and {loss_config.kl.coeff})")
+from .loss_config import check_kl_balance  # noqa: F401  (re-exported: its old home)
 
 
 def kl_scale(loss_config, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -16,10 +16,11 @@ in its `ActivationSpec`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from torch import nn
-from transformers import PretrainedConfig
+if TYPE_CHECKING:  # types only: config validation reads the registry without loading transformers
+    from torch import nn
+    from transformers import PretrainedConfig
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ActivationOption:
 class ActivationSpec:
     """How to build an activation and what configs using it may and must say (see the module docstring)."""
 
-    builder: Callable[[PretrainedConfig], nn.Module]
+    builder: Callable[["PretrainedConfig"], "nn.Module"]
     options: Mapping[str, ActivationOption] = field(default_factory=dict)
     structural_sparsity: bool = False
     differentiable_l0: bool = False
@@ -49,7 +50,7 @@ class ActivationSpec:
 
 
 # Builders take the SAE's `SAEConfig` (typed by its base class: the config module imports this registry).
-ACTIVATIONS: dict[str, Callable[[PretrainedConfig], nn.Module]] = {}
+ACTIVATIONS: dict[str, Callable[["PretrainedConfig"], "nn.Module"]] = {}
 ACTIVATION_SPECS: dict[str, ActivationSpec] = {}
 
 
