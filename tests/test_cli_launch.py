@@ -95,3 +95,29 @@ def test_readme_local_data_recipe_works_with_the_demo_config(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(config.base_model.name_or_path))
     train, eval_ds = build_datasets(config.data, tokenizer, n_train_samples=4)
     assert len(eval_ds) == 2 and len(train) == 4
+
+
+def test_one_rule_for_run_folders(tmp_path, monkeypatch):
+    """A trainer output folder stands for its final/ save in every loader; a local-looking path that does not
+    exist is answered at once (no Hub lookup)."""
+    import time
+
+    from hf_e2e_sae.runs.layout import looks_local, resolve_saved_path
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    assert resolve_saved_path(run) == str(run / "final")
+    (run / "final" / "hf_e2e_sae.json").write_text("{}")
+    assert resolve_saved_path(run / "final") == str(run / "final")  # a save is itself
+    assert resolve_saved_path("org/name") == "org/name"  # a Hub id passes through
+    monkeypatch.chdir(tmp_path)
+    assert looks_local("run/nope") and looks_local("./x") and looks_local("a/b/c") and not looks_local("org/x")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="run/nope does not exist"):
+        resolve_saved_path("run/nope")
+    from hf_e2e_sae import load_sae
+
+    with pytest.raises(FileNotFoundError, match="run/nope does not exist"):
+        load_sae("run/nope")
+    assert time.perf_counter() - start < 5

@@ -93,9 +93,10 @@ def test_state_is_restored_after_an_exception_and_bad_requests_change_nothing():
         with pytest.raises(IndexError):
             with model.ablate({SITE: [0, 10_000]}):
                 pass
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match=r"^no SAE at site 'blocks.0.resid_pre': this model patches \[") as error:
             with model.ablate({"blocks.0.resid_pre": [0]}):
                 pass
+        assert "\n" not in str(error.value) and "__" not in str(error.value)  # one line, no module keys
         assert set(model._interventions) == {SITE} and not model._interventions[SITE].ablate
     assert model._interventions is None
 

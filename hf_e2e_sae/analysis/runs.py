@@ -15,11 +15,10 @@ from typing import Optional
 
 import yaml
 from huggingface_hub import hf_hub_download
-from transformers import AutoTokenizer
 
-from ..patching.base_models import resolve_base_model
 from ..patching.patched_model import SAEPatchedModel
 from ..data.config import eval_split_of
+from ..runs.layout import resolve_saved_path
 from ..data.pipeline import DataConfig, build_datasets, create_dataloader
 
 logger = logging.getLogger(__name__)
@@ -29,6 +28,7 @@ TRAIN_CONFIG_FILE = "train_config.yaml"
 
 def read_train_config(run: str) -> dict:
     """The run's `train_config.yaml` as a plain dict (`{}` when it has none)."""
+    run = resolve_saved_path(run)
     if os.path.isdir(run):
         path = Path(run) / TRAIN_CONFIG_FILE
         return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}
@@ -42,10 +42,10 @@ def read_train_config(run: str) -> dict:
 def load_run(run: str, **kwargs) -> tuple:
     """`(SAEPatchedModel, tokenizer, train_config dict)` for a saved run; `kwargs` go to `from_pretrained`."""
     model = SAEPatchedModel.from_pretrained(run, **kwargs)
-    name = model.sae(model.sites[0]).config.base_model_name_or_path
-    if not name:
-        raise ValueError(f"{run}: the SAEs do not name their base model, so its tokenizer cannot be found")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(name))
+    try:
+        tokenizer = model.load_tokenizer()
+    except ValueError as error:
+        raise ValueError(f"{run}: {error}") from None
     return model.eval(), tokenizer, read_train_config(run)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import CONFIG_NAME, cached_file
 
+from ..runs.layout import resolve_saved_path
 from ..sae.config import SAE_FORMAT_VERSION, SAEConfig
 from ..sae.finite import check_finite_weights
 from ..sae.hub_interface import hub_function
@@ -165,7 +166,7 @@ def load_patched_model(
         subfolder: folder of the repo that holds the save (e.g. one site of a several-SAE repo, or one run
             of a repo with several runs).
     """
-    path = str(pretrained_model_name_or_path)
+    path = resolve_saved_path(pretrained_model_name_or_path, subfolder)  # a run folder means its final/
     hub_kwargs = _hub_kwargs(revision, token, cache_dir, local_files_only)
     check_remote_code(base_model, base_model_kwargs, path)
     try:

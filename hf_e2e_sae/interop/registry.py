@@ -16,6 +16,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ..runs.layout import resolve_saved_path
 from ..sae.config import SAEConfig
 from ..sae.model import SparseAutoencoder
 
@@ -49,14 +50,12 @@ def load_torch_weights(path: Union[str, Path]) -> dict:
 def resolve_folder(path_or_repo_id: Union[str, os.PathLike], subfolder: Optional[str] = None,
                    revision: Optional[str] = None) -> Path:
     """A local folder holding the SAE's files: the path itself, or a Hub snapshot (only `subfolder` fetched)."""
-    local = Path(path_or_repo_id)
+    local = Path(resolve_saved_path(path_or_repo_id, subfolder or ""))  # a run folder means its final/
     if local.is_dir():
         folder = local / subfolder if subfolder else local
         if not folder.is_dir():
             raise FileNotFoundError(f"{local}: no subfolder {subfolder!r}")
         return folder
-    if str(path_or_repo_id).startswith(("./", "../", "/", "~")) or local.exists():
-        raise FileNotFoundError(f"{path_or_repo_id} does not exist (or is not a folder)")
     from huggingface_hub import snapshot_download
 
     patterns = [f"{subfolder.strip('/')}/*"] if subfolder else None
@@ -72,7 +71,7 @@ def detect_format(folder: Path) -> str:
     listing = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else []
     subfolders = [p.name for p in folder.iterdir() if p.is_dir() and any(f.detect(p) for f in FORMATS.values())] \
         if folder.is_dir() else []
-    hint = f" It holds SAEs in subfolders {sorted(subfolders)}: pass subfolder=." if subfolders else ""
+    hint = f" It holds SAEs in subfolders {sorted(subfolders)}: pass subfolder= (on the command line: --subfolder)." if subfolders else ""
     raise ValueError(f"{folder}: no known SAE format ({sorted(FORMATS)}) matches the files {listing}.{hint}")
 
 

@@ -28,7 +28,7 @@ from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .base_models import config_hash, portable_base_name
+from .base_models import config_hash, portable_base_name, resolve_base_model
 from .hooks import add_hook
 from ..sae.basis import restore_token_mean
 from .interventions import InterventionsMixin
@@ -41,6 +41,13 @@ from .transcoders import add_transcoder_hooks, check_transcoder_config, is_trans
 logger = logging.getLogger(__name__)
 
 SAEsLike = Union[SparseAutoencoder, Iterable[SparseAutoencoder], Mapping[str, SparseAutoencoder]]
+
+
+class SiteNotPatchedError(KeyError):
+    """A site that carries no SAE was asked for (`sae()`, `steer()`, `ablate()`); its message is one line."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -201,8 +208,11 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
                 sae.config.base_model_config_hash = config_hash(self.base_model.config)
 
     def sae(self, site: str) -> SparseAutoencoder:
-        """The SAE at `site` (any accepted spelling)."""
-        return self.saes[_module_key(str(parse_site(site)))]
+        """The SAE at `site` (any accepted spelling); `SiteNotPatchedError` (a `KeyError`) names the patched sites."""
+        key = _module_key(str(parse_site(site)))
+        if key not in self.saes:
+            raise SiteNotPatchedError(f"no SAE at site {site!r}: this model patches {self.sites}")
+        return self.saes[key]
 
     def _make_sae_rewrite(self, site: str):
         sae_key = _module_key(site)
@@ -347,6 +357,16 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.saes.parameters()).device
+
+    def load_tokenizer(self, **kwargs):
+        """The base model's tokenizer, found by the name its SAEs were trained on (`builtin:` names resolved);
+        `kwargs` go to `AutoTokenizer.from_pretrained` (never `trust_remote_code` unless you pass it)."""
+        from transformers import AutoTokenizer
+
+        name = self.sae(self.sites[0]).config.base_model_name_or_path or self.config.name_or_path
+        if not name:
+            raise ValueError("the SAEs do not name their base model: load its tokenizer with AutoTokenizer yourself")
+        return AutoTokenizer.from_pretrained(resolve_base_model(name), **{"trust_remote_code": False, **kwargs})
 
     def sae_parameters(self) -> Iterator[nn.Parameter]:
         """Only the trainable SAE parameters (what an optimizer should see)."""
