@@ -11,9 +11,11 @@ document that *starts* after the eval chunks, so the document straddling the bou
 training: eval and train share no token and no document. Pre-tokenized data is split by row (rows cut from
 one document may fall on both sides; that cannot be told from the ids). The same rule holds when streaming.
 
-Resuming mid-run: the training order is fixed by the seed (map-style: a seeded permutation; streaming: the
-seeded shuffle buffer of epoch 0), so `skip_samples(train, k)`, with k the samples consumed so far over all
-processes, yields exactly the remaining tail. Iterate it in order (`create_dataloader` never shuffles).
+Resuming mid-run: the training order is fixed by the seed (map-style: a seeded permutation; streaming: seeded
+permutations of consecutive windows of `shuffle_buffer_size` chunks, `streaming.StreamedChunks`), so
+`skip_samples(train, k)`, with k the samples consumed so far, yields exactly the remaining tail. Iterate it in order
+(`create_dataloader` never shuffles). A stream also resumes from a saved position without re-reading the first k
+(`StreamedChunks.state_dict` / `load_state_dict`, saved in checkpoints).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from torch.utils.data import DataLoader
 
 from ..config.arguments import ConfigModel
 from .local_files import is_saved_dataset, local_source
+from .streaming import StreamedChunks
 
 logger = logging.getLogger(__name__)
 
-TrainData = Union[Dataset, IterableDataset]
+TrainData = Union[Dataset, IterableDataset, StreamedChunks]
 
 
 def _load_builtin_shakespeare() -> DatasetDict:
@@ -86,7 +89,10 @@ class DataConfig(ConfigModel):
     """Map-style data only: repeat the training chunks up to this many times (each pass in its own seeded order)
     when n_samples asks for more than one pass holds."""
     map_batch_size: int = Field(1000, ge=1)
-    """Rows per `datasets.map` batch / tokenizer call."""
+    """Rows per `datasets.map` batch / tokenizer call (when streaming: rows per block handed to a worker)."""
+    num_workers: int = Field(2, ge=0)
+    """DataLoader worker processes for the training data. Streaming: they tokenize raw text off the training loop
+    (0 = tokenize inline, in the training process); map-style: they only collate the prepared rows."""
     load_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for `datasets.load_dataset` (e.g. {"sample_by": "document"} for "text")."""
 
@@ -262,6 +268,23 @@ def _generate_chunks(source: IterableDataset, tokenizer: Any, config: DataConfig
                          f"{skip}, {required} needed")
 
 
+def _held_out_rows(source: IterableDataset, tokenizer: Any, config: DataConfig, pretokenized: bool,
+                   n_chunks: int) -> int:
+    """Leading rows of a stream not used for training: those of the first `n_chunks` chunks, with the document
+    straddling their end (the hold-out rule of the module docstring)."""
+    if pretokenized or n_chunks == 0:
+        return n_chunks
+    rows, pos, limit = 0, 0, n_chunks * config.context_length
+    for batch in source.iter(batch_size=config.map_batch_size):
+        texts = batch[config.text_column]
+        lengths = iter([len(ids) for ids in tokenize_texts(texts, tokenizer)])  # empty documents have none
+        for text in texts:
+            if pos >= limit:
+                return rows
+            rows, pos = rows + 1, pos + (next(lengths) if text else 0)
+    return rows
+
+
 def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional[int] = None,
                    seed: int = 0) -> tuple[TrainData, Dataset]:
     """Builds the training data and the held-out evaluation data.
@@ -274,7 +297,8 @@ def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional
 
     Returns:
         `tuple`: (train, eval). train is a map-style `datasets.Dataset` (`__len__`/`__getitem__`) or, when
-        streaming, a `datasets.IterableDataset` (a torch IterableDataset); eval is a finite `datasets.Dataset`
+        streaming, a `StreamedChunks` (a torch IterableDataset tokenized by `data.num_workers` worker
+        processes, see `data/streaming.py`); eval is a finite `datasets.Dataset`
         of exactly `n_eval_samples` rows, unshuffled. Both yield `{"input_ids": LongTensor[context_length]}`.
 
     Raises:
@@ -296,13 +320,10 @@ def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional
     if config.streaming:
         rows = list(islice(_generate_chunks(eval_src, tokenizer, config, pre_eval, 0, n_eval), n_eval))
         eval_ds = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows]}, features=chunk_features(L))
-        # No declared features: encoding would turn each array into a list that the torch formatter then
-        # tensorizes element by element (~100x slower); the generator's output is uniform already.
-        train: TrainData = IterableDataset.from_generator(_generate_chunks, gen_kwargs=dict(
-            source=train_raw, tokenizer=tokenizer, config=config, pretokenized=pre_train, skip=skip,
-            required=n_train_samples))
-        train = train.shuffle(seed=seed, buffer_size=config.shuffle_buffer_size) if config.shuffle else train
-        train = train.take(n_train_samples) if n_train_samples is not None else train
+        drop = _held_out_rows(train_raw, tokenizer, config, pre_train, skip)
+        train: TrainData = StreamedChunks(train_raw, tokenizer, config, pre_train, drop, n_train_samples, seed)
+        logger.info("Training data: streamed, tokenized by %d worker(s)", config.num_workers)
+        return train, eval_ds.with_format("torch")
     else:
         prepared_train = _prepare(train_raw, config, tokenizer, pre_train)
         prepared_eval = prepared_train if held_out else _prepare(eval_src, config, tokenizer, pre_eval)
@@ -332,13 +353,14 @@ AnyData = Union[TrainData, torch.utils.data.Dataset]
 def skip_samples(train: AnyData, k: int) -> AnyData:
     """Drops the first `k` samples of the fixed-order training data (resume after k consumed samples).
 
-    Map-style data: a cheap index selection. Streaming data: `.skip(k)`, which re-reads the first k samples.
+    Map-style data: a cheap index selection. Streaming data: `.skip(k)`, which re-reads the first k samples
+    (a checkpoint's saved position, `StreamedChunks.load_state_dict`, does not).
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     if k == 0:
         return train
-    if isinstance(train, IterableDataset):
+    if isinstance(train, (IterableDataset, StreamedChunks)):
         return train.skip(k)
     if k > (n := len(train)):
         raise ValueError(f"cannot skip {k} samples: the training data has only {n}")
