@@ -50,49 +50,36 @@ class _TokenizedBlocks(torch.utils.data.IterableDataset):
     def __init__(self, stream: "StreamedChunks", start: Optional[dict]):
         self.stream, self.start = stream, start
 
+    def _read(self) -> Iterator[tuple]:
+        """(block, source state at its start or None for the very start, rows) from the start position.
+
+        Read with `iter(batch_size=map_batch_size)`: the source's state then counts whole blocks (a state is only
+        valid for the batch size it was taken with; `StreamedChunks.load_state_dict` checks it)."""
+        source, block, state = copy.deepcopy(self.stream.source), 0, None  # copies share no iteration state
+        if self.start is not None and self.start["source"] is not None:
+            block, state = self.start["block"], copy.deepcopy(self.start["source"])
+            source.load_state_dict(copy.deepcopy(state))
+        for rows in source.iter(batch_size=self.stream.config.map_batch_size):
+            yield block, state, rows
+            block, state = block + 1, source.state_dict()
+
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
+        s, info = self.stream, get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        block = self.start["block"] if self.start is not None else 0
-        first_own, B = block, self.stream.config.map_batch_size
-        rows, state = [], None
-        for row, row_state in self._rows_with_states():
-            if not rows:
-                state = row_state
-            rows.append(row)
-            if len(rows) == B:
-                yield from self._emit(block, state, rows, first_own, worker, n_workers)
-                rows, block = [], block + 1
-        if rows:
-            yield from self._emit(block, state, rows, first_own, worker, n_workers)
-
-    def _rows_with_states(self) -> Iterator[tuple]:
-        """(row, source state at the start of this row's position if it may start a block, else None)."""
-        s = self.stream
-        source = copy.copy(s.source)  # load_state_dict must not change the shared source
-        fresh = self.start is None or self.start["source"] is None
-        if not fresh:
-            source.load_state_dict(copy.deepcopy(self.start["source"]))
-        state, B, n = (None if fresh else self.start["source"]), s.config.map_batch_size, 0
-        for i, row in enumerate(iter(source)):
-            if fresh and i < s.drop_rows:
-                if i + 1 == s.drop_rows:
-                    state = source.state_dict()
-                continue
-            yield row, state
+        first_own = None
+        for block, state, rows in self._read():
+            n = len(next(iter(rows.values())))
             if s.counter is not None:
-                s.counter["read"] += 1
-            n += 1
-            state = source.state_dict() if n % B == 0 else None  # only block starts need a state
-
-    def _emit(self, block: int, state: Optional[dict], rows: list, first_own: int, worker: int,
-              n_workers: int) -> Iterator[dict]:
-        s = self.stream
-        if block % s.world != s.rank or ((block - first_own) // s.world) % n_workers != worker:
-            return
-        if s.counter is not None:
-            s.counter["tokenized"] += len(rows)
-        yield {"block": block, "state": state, "tokens": s.tokenize_rows(rows, block)}
+                s.counter["read"] += n
+            if block % s.world != s.rank:
+                continue
+            first_own = block if first_own is None else first_own
+            if ((block - first_own) // s.world) % n_workers != worker:
+                continue
+            keep = max(0, s.drop_rows - block * s.config.map_batch_size)  # rows held out for evaluation
+            if s.counter is not None:
+                s.counter["tokenized"] += max(0, n - keep)
+            yield {"block": block, "state": state, "tokens": s.tokenize_rows(rows, block, keep)}
 
 
 class StreamedChunks(torch.utils.data.IterableDataset):
@@ -104,7 +91,7 @@ class StreamedChunks(torch.utils.data.IterableDataset):
         config (`DataConfig`): context_length, map_batch_size (rows per block), shuffle, shuffle_buffer_size,
             num_workers, text_column / tokenized_column.
         pretokenized (`bool`): rows hold token ids (one row = one sample).
-        drop_rows (`int`): leading rows held out for evaluation (never read for training).
+        drop_rows (`int`): leading rows held out for evaluation (read, never tokenized for training).
         n_samples (`int`, *optional*): samples over all processes; None = until the stream ends.
         seed (`int`): seed of the window shuffle.
     """
@@ -141,9 +128,11 @@ class StreamedChunks(torch.utils.data.IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a `state_dict` of the same data, config, seed, rank and world."""
-        if state.get("format") != STATE_FORMAT or (state.get("rank"), state.get("world")) != (self.rank, self.world):
-            raise ValueError(f"data state of format {state.get('format')}, rank {state.get('rank')} of "
-                             f"{state.get('world')} cannot resume rank {self.rank} of {self.world}")
+        ours = (STATE_FORMAT, self.rank, self.world, self.config.map_batch_size, self.config.shuffle_buffer_size)
+        theirs = tuple(state.get(k) for k in ("format", "rank", "world", "rows_per_block", "window_size"))
+        if theirs != ours:
+            raise ValueError("data state of (format, rank, world, map_batch_size, shuffle_buffer_size) = "
+                             f"{theirs} cannot resume {ours}")
         self.resume, self._records = dict(state), {}
 
     def state_dict(self, samples: int) -> dict:
@@ -154,6 +143,7 @@ class StreamedChunks(torch.utils.data.IterableDataset):
                 for old in [x for x in self._records if x < w]:
                     del self._records[old]
                 return {"format": STATE_FORMAT, "rank": self.rank, "world": self.world, "samples": samples,
+                        "rows_per_block": self.config.map_batch_size, "window_size": self.config.shuffle_buffer_size,
                         **self._records[w]}
         raise ValueError(f"no record of the data position after {samples} samples (iterate the data first)")
 
@@ -166,19 +156,20 @@ class StreamedChunks(torch.utils.data.IterableDataset):
 
     # ------------------------------------------------------------------ tokenizing (in the workers)
 
-    def tokenize_rows(self, rows: list, block: int) -> np.ndarray:
-        """The block's tokens: each document's ids + EOS (text), or each row's first L ids (pre-tokenized)."""
+    def tokenize_rows(self, rows: dict, block: int, first: int = 0) -> np.ndarray:
+        """Tokens of a block's rows from index `first` on: each document's ids + EOS (text), or each row's first
+        L ids (pre-tokenized)."""
         from .pipeline import _short_row_error, tokenize_texts
 
         L, cfg = self.config.context_length, self.config
         if self.pretokenized:
             out = []
-            for i, row in enumerate(rows):
-                if len(ids := row[cfg.tokenized_column]) < L:
-                    raise _short_row_error(self.drop_rows + block * cfg.map_batch_size + i, len(ids), L)
+            for i, ids in enumerate(rows[cfg.tokenized_column][first:], start=first):
+                if len(ids) < L:
+                    raise _short_row_error(block * cfg.map_batch_size + i, len(ids), L)
                 out.append(np.asarray(ids[:L], dtype=np.int32))
         else:
-            out = [np.asarray(x, dtype=np.int32) for x in tokenize_texts([r[cfg.text_column] for r in rows],
+            out = [np.asarray(x, dtype=np.int32) for x in tokenize_texts(rows[cfg.text_column][first:],
                                                                          self.tokenizer)]
         return np.concatenate(out) if out else np.empty(0, dtype=np.int32)
 
@@ -217,6 +208,12 @@ class StreamedChunks(torch.utils.data.IterableDataset):
             if full:
                 buf, buf_pos = buf[full:], {**pos, "offset": base + full - old}
 
+    def _record(self, window: int, first: Optional[tuple]) -> None:
+        if first is not None:
+            self._records[window] = {"window": window, **first[1]}
+            if len(self._records) > _MAX_RECORDS:
+                del self._records[min(self._records)]
+
     def __iter__(self) -> Iterator[dict]:
         S, resume = self.config.shuffle_buffer_size, self.resume
         share, exact = self.share, resume is not None and "block" in resume
@@ -228,16 +225,15 @@ class StreamedChunks(torch.utils.data.IterableDataset):
         chunks = self._chunks(resume if exact else None)
         pending = next(chunks, None)
         self._records = {}
+        self._record(window, pending)
         while pending is not None:
-            self._records[window] = {"window": window, **pending[1]}
-            if len(self._records) > _MAX_RECORDS:
-                del self._records[min(self._records)]
             rows = [pending[0]]
             for chunk, _ in chunks:
                 rows.append(chunk)
                 if len(rows) == S:
                     break
-            pending = next(chunks, None)  # the next window's first chunk: its record exists before this window ends
+            pending = next(chunks, None)  # the next window's first chunk: recorded before this window is read
+            self._record(window + 1, pending)
             order = np.random.default_rng([self.seed, self.rank, window]).permutation(len(rows)) \
                 if self.config.shuffle else np.arange(len(rows))
             for j in order[drop:]:
