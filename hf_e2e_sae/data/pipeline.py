@@ -37,6 +37,8 @@ from torch.utils.data import DataLoader
 from ..config.arguments import ConfigModel
 from .local_files import is_saved_dataset, local_source
 from .streaming import StreamedChunks
+from .tokens import short_row_error as _short_row_error
+from .tokens import tokenize_texts
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +115,6 @@ def chunk_features(context_length: int) -> Features:
     return Features({"input_ids": Sequence(Value("int32"), length=context_length)})
 
 
-def tokenize_texts(texts: list[Optional[str]], tokenizer: Any) -> list[list[int]]:
-    """Tokenizes documents without special tokens and appends EOS to each; empty/None documents are dropped."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; documents are joined with EOS when packing")
-    texts = [t for t in texts if t]
-    if not texts:
-        return []
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    return [x + [tokenizer.eos_token_id] for x in ids]
-
-
 def _load_splits(config: DataConfig) -> tuple[TrainData, Optional[TrainData]]:
     names = [config.split] + ([config.eval_split] if config.eval_split else [])
     path, data_files = config.path, config.data_files
@@ -157,12 +148,6 @@ def _is_pretokenized(ds: TrainData, config: DataConfig, where: str) -> bool:
         raise ValueError(f"text column {config.text_column!r} (DataConfig.text_column) not found in {where}; "
                          f"available columns: {cols}. Set text_column, or tokenized_column for pre-tokenized data.")
     return config.tokenized_column in cols
-
-
-def _short_row_error(index: int, n: int, context_length: int) -> ValueError:
-    return ValueError(f"pre-tokenized row {index} has {n} tokens < context_length={context_length}; pre-tokenized "
-                      "rows are used as is (one row = one sample, longer rows truncated): lower context_length or "
-                      "provide raw text")
 
 
 def _tokenize_batch(batch: dict[str, list], tokenizer: Any, text_column: str) -> dict[str, list]:

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
+from .tokens import short_row_error, tokenize_texts
+
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
@@ -159,14 +161,12 @@ class StreamedChunks(torch.utils.data.IterableDataset):
     def tokenize_rows(self, rows: dict, block: int, first: int = 0) -> np.ndarray:
         """Tokens of a block's rows from index `first` on: each document's ids + EOS (text), or each row's first
         L ids (pre-tokenized)."""
-        from .pipeline import _short_row_error, tokenize_texts
-
         L, cfg = self.config.context_length, self.config
         if self.pretokenized:
             out = []
             for i, ids in enumerate(rows[cfg.tokenized_column][first:], start=first):
                 if len(ids) < L:
-                    raise _short_row_error(block * cfg.map_batch_size + i, len(ids), L)
+                    raise short_row_error(block * cfg.map_batch_size + i, len(ids), L)
                 out.append(np.asarray(ids[:L], dtype=np.int32))
         else:
             out = [np.asarray(x, dtype=np.int32) for x in tokenize_texts(rows[cfg.text_column][first:],
