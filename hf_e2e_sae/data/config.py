@@ -61,7 +61,10 @@ class DataConfig(ConfigModel):
     """Map-style data only: repeat the training chunks up to this many times (each pass in its own seeded order)
     when n_samples asks for more than one pass holds."""
     map_batch_size: int = Field(1000, ge=1)
-    """Rows per `datasets.map` batch / tokenizer call."""
+    """Rows per `datasets.map` batch / tokenizer call (when streaming: rows per block handed to a worker)."""
+    num_workers: int = Field(2, ge=0)
+    """DataLoader worker processes for the training data. Streaming: they tokenize raw text off the training loop
+    (0 = tokenize inline, in the training process); map-style: they only collate the prepared rows."""
     load_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for `datasets.load_dataset` (e.g. {"sample_by": "document"} for "text")."""
 

@@ -11,9 +11,11 @@ document that *starts* after the eval chunks, so the document straddling the bou
 training: eval and train share no token and no document. Pre-tokenized data is split by row (rows cut from
 one document may fall on both sides; that cannot be told from the ids). The same rule holds when streaming.
 
-Resuming mid-run: the training order is fixed by the seed (map-style: a seeded permutation; streaming: the
-seeded shuffle buffer of epoch 0), so `skip_samples(train, k)`, with k the samples consumed so far over all
-processes, yields exactly the remaining tail. Iterate it in order (`create_dataloader` never shuffles).
+Resuming mid-run: the training order is fixed by the seed (map-style: a seeded permutation; streaming: seeded
+permutations of consecutive windows of `shuffle_buffer_size` chunks, `streaming.StreamedChunks`), so
+`skip_samples(train, k)`, with k the samples consumed so far, yields exactly the remaining tail. Iterate it in order
+(`create_dataloader` never shuffles). A stream also resumes from a saved position without re-reading the first k
+(`StreamedChunks.state_dict` / `load_state_dict`, saved in checkpoints).
 """
 
 from __future__ import annotations
@@ -33,26 +35,18 @@ from torch.utils.data import DataLoader
 
 from .config import BUILTIN_DATASETS, DataConfig, eval_split_of  # noqa: F401  (re-exported: their old home)
 from .local_files import is_saved_dataset, local_source
+from .streaming import StreamedChunks
+from .tokens import short_row_error as _short_row_error
+from .tokens import tokenize_texts
 
 logger = logging.getLogger(__name__)
 
-TrainData = Union[Dataset, IterableDataset]
+TrainData = Union[Dataset, IterableDataset, StreamedChunks]
 
 
 def chunk_features(context_length: int) -> Features:
     """Features of packed data: one fixed-length `input_ids` column (int32 on disk, int64 as tensors)."""
     return Features({"input_ids": Sequence(Value("int32"), length=context_length)})
-
-
-def tokenize_texts(texts: list[Optional[str]], tokenizer: Any) -> list[list[int]]:
-    """Tokenizes documents without special tokens and appends EOS to each; empty/None documents are dropped."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; documents are joined with EOS when packing")
-    texts = [t for t in texts if t]
-    if not texts:
-        return []
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    return [x + [tokenizer.eos_token_id] for x in ids]
 
 
 def _load_splits(config: DataConfig) -> tuple[TrainData, Optional[TrainData]]:
@@ -89,12 +83,6 @@ def _is_pretokenized(ds: TrainData, config: DataConfig, where: str) -> bool:
         raise ValueError(f"text column {config.text_column!r} (DataConfig.text_column) not found in {where}; "
                          f"available columns: {cols}. Set text_column, or tokenized_column for pre-tokenized data.")
     return config.tokenized_column in cols
-
-
-def _short_row_error(index: int, n: int, context_length: int) -> ValueError:
-    return ValueError(f"pre-tokenized row {index} has {n} tokens < context_length={context_length}; pre-tokenized "
-                      "rows are used as is (one row = one sample, longer rows truncated): lower context_length or "
-                      "provide raw text")
 
 
 def _tokenize_batch(batch: dict[str, list], tokenizer: Any, text_column: str) -> dict[str, list]:
@@ -200,6 +188,23 @@ def _generate_chunks(source: IterableDataset, tokenizer: Any, config: DataConfig
                          f"{skip}, {required} needed")
 
 
+def _held_out_rows(source: IterableDataset, tokenizer: Any, config: DataConfig, pretokenized: bool,
+                   n_chunks: int) -> int:
+    """Leading rows of a stream not used for training: those of the first `n_chunks` chunks, with the document
+    straddling their end (the hold-out rule of the module docstring)."""
+    if pretokenized or n_chunks == 0:
+        return n_chunks
+    rows, pos, limit = 0, 0, n_chunks * config.context_length
+    for batch in source.iter(batch_size=config.map_batch_size):
+        texts = batch[config.text_column]
+        lengths = iter([len(ids) for ids in tokenize_texts(texts, tokenizer)])  # empty documents have none
+        for text in texts:
+            if pos >= limit:
+                return rows
+            rows, pos = rows + 1, pos + (next(lengths) if text else 0)
+    return rows
+
+
 def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional[int] = None,
                    seed: int = 0) -> tuple[TrainData, Dataset]:
     """Builds the training data and the held-out evaluation data.
@@ -212,7 +217,8 @@ def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional
 
     Returns:
         `tuple`: (train, eval). train is a map-style `datasets.Dataset` (`__len__`/`__getitem__`) or, when
-        streaming, a `datasets.IterableDataset` (a torch IterableDataset); eval is a finite `datasets.Dataset`
+        streaming, a `StreamedChunks` (a torch IterableDataset tokenized by `data.num_workers` worker
+        processes, see `data/streaming.py`); eval is a finite `datasets.Dataset`
         of exactly `n_eval_samples` rows, unshuffled. Both yield `{"input_ids": LongTensor[context_length]}`.
 
     Raises:
@@ -234,13 +240,10 @@ def build_datasets(config: DataConfig, tokenizer: Any, n_train_samples: Optional
     if config.streaming:
         rows = list(islice(_generate_chunks(eval_src, tokenizer, config, pre_eval, 0, n_eval), n_eval))
         eval_ds = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows]}, features=chunk_features(L))
-        # No declared features: encoding would turn each array into a list that the torch formatter then
-        # tensorizes element by element (~100x slower); the generator's output is uniform already.
-        train: TrainData = IterableDataset.from_generator(_generate_chunks, gen_kwargs=dict(
-            source=train_raw, tokenizer=tokenizer, config=config, pretokenized=pre_train, skip=skip,
-            required=n_train_samples))
-        train = train.shuffle(seed=seed, buffer_size=config.shuffle_buffer_size) if config.shuffle else train
-        train = train.take(n_train_samples) if n_train_samples is not None else train
+        drop = _held_out_rows(train_raw, tokenizer, config, pre_train, skip)
+        train: TrainData = StreamedChunks(train_raw, tokenizer, config, pre_train, drop, n_train_samples, seed)
+        logger.info("Training data: streamed, tokenized by %d worker(s)", config.num_workers)
+        return train, eval_ds.with_format("torch")
     else:
         prepared_train = _prepare(train_raw, config, tokenizer, pre_train)
         prepared_eval = prepared_train if held_out else _prepare(eval_src, config, tokenizer, pre_eval)
@@ -270,13 +273,14 @@ AnyData = Union[TrainData, torch.utils.data.Dataset]
 def skip_samples(train: AnyData, k: int) -> AnyData:
     """Drops the first `k` samples of the fixed-order training data (resume after k consumed samples).
 
-    Map-style data: a cheap index selection. Streaming data: `.skip(k)`, which re-reads the first k samples.
+    Map-style data: a cheap index selection. Streaming data: `.skip(k)`, which re-reads the first k samples
+    (a checkpoint's saved position, `StreamedChunks.load_state_dict`, does not).
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     if k == 0:
         return train
-    if isinstance(train, IterableDataset):
+    if isinstance(train, (IterableDataset, StreamedChunks)):
         return train.skip(k)
     if k > (n := len(train)):
         raise ValueError(f"cannot skip {k} samples: the training data has only {n}")

@@ -7,6 +7,7 @@
     trainer_state.safetensors alive-feature window (bool per site)
     rng_state_<rank>.safetensors  torch RNG (python / numpy RNG in its metadata, as JSON)
     train_config.yaml         the run's config, credentials redacted
+    data_state_<rank>.json    streamed data only: the process's position in its share of the stream (JSON)
     trainer_state.json        step, samples (the data position), window; written LAST, with every other
                               file's size: a checkpoint is complete when it and all the files it lists are
 
@@ -74,6 +75,21 @@ def write_rng_state(folder: Path, rank: int) -> None:
     if torch.cuda.is_available():
         tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     write_file(folder / rng_file(rank), lambda: save_safetensors(tensors, metadata=metadata))
+
+
+def data_state_file(rank: int) -> str:
+    return f"data_state_{rank}.json"
+
+
+def write_data_state(folder: Path, rank: int, state: dict) -> None:
+    """This process's streamed-data position (`data.train_loader.StreamLoader.data_state`), as JSON."""
+    write_file(folder / data_state_file(rank), lambda: _json_bytes(state))
+
+
+def read_data_state(folder: Path, rank: int) -> Optional[dict]:
+    """This process's saved streamed-data position; None when the checkpoint has none (map-style data, older runs)."""
+    path = folder / data_state_file(rank)
+    return _read(path, lambda p: json.loads(p.read_text())) if path.is_file() else None
 
 
 def write_main_files(folder: Path, saes: dict, optimizer, scheduler, scaler, window: dict, config_yaml: str) -> None:

@@ -110,6 +110,8 @@ def save_checkpoint(run) -> Path:
     acc.wait_for_everyone()
     try:
         files.write_rng_state(tmp, acc.process_index)
+        if (data_state := getattr(run.train_loader, "data_state", None)) is not None:  # streamed data
+            files.write_data_state(tmp, acc.process_index, data_state(state.samples))
         if acc.is_main_process:
             window = {site: fired for site, fired in state.fired.items() if fired is not None}
             files.write_main_files(tmp, {k: v.contiguous().cpu() for k, v in saes.items()}, run.optimizer,
@@ -131,7 +133,8 @@ def save_checkpoint(run) -> Path:
 
 
 def load_checkpoint(run, folder: Path) -> None:
-    """Restore SAE weights, optimizer, schedule, scaler, progress and RNG from a complete checkpoint."""
+    """Restore SAE weights, optimizer, schedule, scaler, progress and RNG from a complete checkpoint; the saved
+    streamed-data position, if any, goes to `run.data_state`."""
     acc, state = run.accelerator, run.state
     counters = files.read_state(folder)
     raw = acc.unwrap_model(run.model)
@@ -142,6 +145,7 @@ def load_checkpoint(run, folder: Path) -> None:
     if acc.scaler is not None:
         acc.scaler.load_state_dict(files.read_json(folder, files.SCALER_FILE))
     state.step, state.samples, state.window_tokens = counters["step"], counters["samples"], counters["window_tokens"]
+    run.data_state = files.read_data_state(folder, acc.process_index)  # for the loader built after this
     device = next(raw.saes.parameters()).device
     window = files.read_window(folder)
     state.fired = {site: (window[site].to(device) if site in window else None) for site in state.fired}

@@ -37,7 +37,8 @@ from .architecture_config import activation_options
 from ..config.arguments import to_dict
 from ..runs.checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
 from .config import TrainConfig
-from ..data.pipeline import build_datasets, create_dataloader, skip_samples
+from ..data.pipeline import build_datasets, create_dataloader
+from ..data.train_loader import train_loader
 from .finetune import load_initial_sae
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
@@ -98,6 +99,7 @@ class _Run:
         self.downstream_sites = (loss.downstream.sites or default_downstream_sites(
             self.model.sites, num_blocks(self.model.config))) if loss.downstream.coeff > 0 else []
         self.state = TrainerState(self.model.sites)
+        self.data_state = None  # a streamed run's saved data position (runs/checkpointing.load_checkpoint)
         self.loss_terms = build_loss_terms(loss)  # AuxK, L0 straight-through, ... (training/loss_terms.py)
         self.start_time = time.time()
 
@@ -184,8 +186,8 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
     if resume is not None:
         load_checkpoint(run, resume)
         logger.info("Resumed from %s at step %d", resume, run.state.step)
-    run.train_loader = cached_train_loader(run, train_ds) if config.activation_cache else \
-        accelerator.prepare(create_dataloader(skip_samples(train_ds, run.state.samples), config.batch_size))
+    run.train_loader = cached_train_loader(run, train_ds) if config.activation_cache else train_loader(
+        train_ds, config.batch_size, config.data.num_workers, accelerator, run.state.samples, run.data_state)
     run.eval_loader = create_dataloader(eval_ds, config.eval_batch_size or config.batch_size)
     if config.tracker != "none":
         accelerator.init_trackers("hf_e2e_sae", config=_flat(redact_secrets(to_dict(config))))
