@@ -6,6 +6,9 @@ Two pages are rendered from the code at build time, so they cannot drift from it
   docstring, replacing the marker `<!-- generated: config-fields -->`;
 * `reference/cli.md`: every `hf-e2e-sae` command's `--help`, replacing `<!-- generated: cli-help -->`.
 
+It also renders the fences ```` ```python notest ```` (blocks that tests/test_docs_code.py only compiles) as
+plain Python blocks: Markdown would otherwise not recognise them as code.
+
 `python scripts/docs_reference.py` prints both (what the hook inserts).
 """
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from typing import Any
 
 CONFIG_MARKER = "<!-- generated: config-fields -->"
 CLI_MARKER = "<!-- generated: cli-help -->"
+NOTEST_FENCE = re.compile(r"^(\s*)```python notest[ \t]*$", re.M)
 
 
 def _cell(text: str) -> str:
@@ -77,7 +82,8 @@ def cli_reference_markdown() -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:  # mkdocs hook
-    """Fill the generated sections of the reference pages."""
+    """Fill the generated sections of the reference pages; notest fences become Python fences."""
+    markdown = NOTEST_FENCE.sub(r"\1```python", markdown)
     if CONFIG_MARKER in markdown:
         markdown = markdown.replace(CONFIG_MARKER, config_reference_markdown())
     if CLI_MARKER in markdown:
