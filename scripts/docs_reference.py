@@ -14,6 +14,7 @@ plain Python blocks: Markdown would otherwise not recognise them as code.
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import re
@@ -27,6 +28,11 @@ NOTEST_FENCE = re.compile(r"^(\s*)```python notest[ \t]*$", re.M)
 def _cell(text: str) -> str:
     """Markdown table cell: one line, pipes escaped."""
     return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _code_cell(text: str) -> str:
+    """A `<code>` table cell (an escaped pipe would show its backslash inside backticks)."""
+    return "<code>" + html.escape(" ".join(str(text).split())).replace("|", "&#124;") + "</code>"
 
 
 def _value_at(values: dict, dotted: str) -> Any:
@@ -56,8 +62,8 @@ def config_reference_markdown() -> str:
     lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for dotted, type_name, default, description in config_fields():
         name = f"**`{dotted}`**" if type_name == "section" else f"`{dotted}`"
-        default_cell = f"`{_cell(default)}`" if default else ""
-        lines.append(f"| {name} | `{_cell(type_name)}` | {default_cell} | {_cell(description)} |")
+        default_cell = _code_cell(default) if default else ""
+        lines.append(f"| {name} | {_code_cell(type_name)} | {default_cell} | {_cell(description)} |")
     return "\n".join(lines) + "\n"
 
 

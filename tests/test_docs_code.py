@@ -48,15 +48,11 @@ def registries_restored():
             registry.update(copy)
 
 
-def test_the_convention_is_parsed():
+def test_the_convention_is_parsed(tmp_path):
     """The fence parser sees runnable and notest blocks, and nothing that is not a Python block."""
-    sample = REPO / "tests" / "_fence_sample.md"
-    text = "# t\n\n```python\nx = 1\n```\n\n```python notest\nimport nothing_here\n```\n\n```bash\nls\n```\n"
-    try:
-        sample.write_text(text)
-        blocks = python_blocks(sample)
-    finally:
-        sample.unlink()
+    sample = tmp_path / "sample.md"
+    sample.write_text("# t\n\n```python\nx = 1\n```\n\n```python notest\nimport nothing_here\n```\n\n```bash\nls\n```\n")
+    blocks = python_blocks(sample)
     assert [(src, runs) for src, runs, _ in blocks] == [("x = 1\n", True), ("import nothing_here\n", False)]
     assert blocks[0][2] == 4  # the block's first line in the file, for tracebacks
 
