@@ -64,7 +64,8 @@ class DataConfig(ConfigModel):
     """Rows per `datasets.map` batch / tokenizer call (when streaming: rows per block handed to a worker)."""
     num_workers: int = Field(2, ge=0)
     """DataLoader worker processes for the training data. Streaming: they tokenize raw text off the training loop
-    (0 = tokenize inline, in the training process); map-style: they only collate the prepared rows."""
+    (0 = tokenize inline, in the training process). Map-style data is tokenized before training and read in the
+    training process (workers would only collate it)."""
     load_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for `datasets.load_dataset` (e.g. {"sample_by": "document"} for "text")."""
 

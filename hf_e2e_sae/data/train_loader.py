@@ -1,7 +1,7 @@
 """The trainer's token loader: this process's share of the training data, positioned after the samples consumed.
 
-Map-style data: a DataLoader over the tail (`skip_samples`, an index selection) with `data.num_workers` workers,
-prepared by Accelerate (micro-batch m goes to process m % num_processes). Streamed data (`StreamedChunks`): this
+Map-style data: a DataLoader over the tail (`skip_samples`, an index selection), in this process (its rows are
+tokenized and packed already: workers would only collate them, for the cost of forking), prepared by Accelerate (micro-batch m goes to process m % num_processes). Streamed data (`StreamedChunks`): this
 process's shard (`StreamedChunks.shard`), tokenized by its own workers, restored from the position saved in the
 checkpoint (`data_state`) or, for a checkpoint without one, by reading the consumed samples again; batches are moved
 to the process's device here, since Accelerate must not shard or dispatch an already sharded stream.
@@ -42,13 +42,13 @@ def train_loader(train_ds: Any, batch_size: int, num_workers: int, accelerator: 
     Args:
         train_ds: `build_datasets`'s training data.
         batch_size (`int`): micro-batch size per process.
-        num_workers (`int`): DataLoader worker processes (`data.num_workers`).
+        num_workers (`int`): worker processes that tokenize a stream (`data.num_workers`; unused for map-style data).
         accelerator (`accelerate.Accelerator`): gives the process index, count and device.
         samples (`int`): samples consumed so far over all processes (the checkpoint's `samples`).
         data_state (`dict`, *optional*): this process's saved stream position (`StreamLoader.data_state`).
     """
     if not isinstance(train_ds, StreamedChunks):
-        loader = create_dataloader(skip_samples(train_ds, samples), batch_size, num_workers=num_workers)
+        loader = create_dataloader(skip_samples(train_ds, samples), batch_size)
         return accelerator.prepare(loader)
     world = accelerator.num_processes
     shard = train_ds.shard(accelerator.process_index, world).with_workers(num_workers)
