@@ -44,7 +44,7 @@ def load_run(run: str, **kwargs) -> tuple:
     name = model.sae(model.sites[0]).config.base_model_name_or_path
     if not name:
         raise ValueError(f"{run}: the SAEs do not name their base model, so its tokenizer cannot be found")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(name))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(name), trust_remote_code=False)  # a name the files give
     return model.eval(), tokenizer, read_train_config(run)
 
 
