@@ -66,7 +66,7 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
     from accelerate import PartialState
 
     from .config.arguments import ConfigError
-    from .runs.errors import RUN_ERRORS
+    from .runs.errors import RUN_ERRORS, USER_ERRORS
 
     try:
         config = config_from_argv(argv, prog)
@@ -84,7 +84,7 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
     except RUN_ERRORS as error:  # non-finite loss, output_dir in use, disk full, bad checkpoint: one line
         sys.stderr.write("\n")  # on its own line, after any progress bar
         _fail(prog, error)
-        return 1
+        return 2 if isinstance(error, USER_ERRORS) else 1
     if metrics and PartialState().is_main_process:
         sys.stdout.write(final_report(config, metrics))
     _close_process_group()
