@@ -113,8 +113,9 @@ def _refusal(path: Path, previous: list, nothing_to_resume: bool) -> str:
         return (f"resume_from_checkpoint=latest: output_dir={path} holds a finished run (final/) and no checkpoint "
                 "to resume from, and starting fresh would replace it: choose another output_dir, or set "
                 "overwrite_output_dir=true to delete and replace it.")
-    resume = ", resume_from_checkpoint=latest to continue it" if "final/" not in previous else ""  # unfinished
-    return (f"output_dir={path} holds another run ({held}): choose another output_dir, or set "
+    resume = "; or set resume_from_checkpoint=latest to continue from its newest checkpoint" \
+        if previous != ["final/"] else ""  # only where there is a checkpoint to resume from
+    return (f"output_dir={path} holds another run ({held}): choose another output_dir or set "
             f"overwrite_output_dir=true to delete and replace it{resume}.")
 
 
