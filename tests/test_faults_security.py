@@ -255,13 +255,14 @@ def test_no_secret_reaches_any_file_a_tracked_run_writes(make_config, monkeypatc
     assert sys.argv == ["hf-e2e-sae", *argv]  # restored after the tracker started
     assert any(SECRETS["override"] in call and SECRETS["amz"] in call for call in seen)  # the run used them
     written = [f for folder in (out, wandb_dir) for f in Path(folder).rglob("*") if f.is_file()]
+    leaks = _leaks([out, wandb_dir])
+    assert not leaks, f"{len(leaks)} leaks: " + "; ".join(leaks)
     if tracker == "wandb":
         records = b"".join(f.read_bytes() for f in written if f.suffix == ".wandb")  # offline: metadata lives here
         assert f"data.load_kwargs.token={REDACTED}".encode() in records  # wandb recorded the command line
     else:
         assert any(f.name.startswith("events.out.tfevents") for f in written)
     assert (out / "final" / "train_config.yaml").is_file()
-    assert not _leaks([out, wandb_dir]), _leaks([out, wandb_dir])
 
 
 # ---------------------------------------------------------------- 3. browse writes only into its own folder
@@ -342,19 +343,19 @@ def _hook_count(model) -> int:
 
 def test_patching_a_patched_model_is_refused_and_unpatch_frees_it():
     """Today a second wrapper stacks its SAE on the first, and its "original" model still holds the first SAE."""
-    from hf_e2e_sae.patching.patched_model import patched_by
-
     base = tiny_model("gpt2")
     ids = random_ids()
     with torch.no_grad():
         clean = base(ids).logits
     first = SAEPatchedModel(base, [_sae(0)])
-    assert patched_by(base) is first
     hooks = _hook_count(base)
     with pytest.raises(ValueError, match=r"unpatch\(\)") as error:
         SAEPatchedModel(base, [_sae(1)])
     assert "\n" not in str(error.value)
     assert _hook_count(base) == hooks  # nothing added
+    from hf_e2e_sae.patching.patched_model import patched_by
+
+    assert patched_by(base) is first
     assert first.unpatch() is base and patched_by(base) is None and _hook_count(base) == 0
     second = SAEPatchedModel(base, [_sae(1)])
     assert patched_by(base) is second
@@ -389,9 +390,10 @@ def test_reused_output_dir_message_only_suggests_what_is_safe(make_config, capsy
     path, out = make_config("reused", n_samples=16, save_every_samples=None)
     assert cli_main(["train", str(path)]) == 0
     capsys.readouterr()
-    assert cli_main(["train", str(path)]) == 2
+    status = cli_main(["train", str(path)])
     line = _one_line(capsys.readouterr().err, "hf-e2e-sae train")
     assert "resume_from_checkpoint" not in line and "overwrite_output_dir=true" in line, line
+    assert status == 2
     # with a checkpoint to continue from, resuming is a safe suggestion
     path, out = make_config("interrupted", n_samples=32, save_every_samples=16)
     assert cli_main(["train", str(path), "stop_after_steps=3"]) == 0
