@@ -22,7 +22,8 @@ from hf_e2e_sae.data.pipeline import build_datasets, create_dataloader
 def main(final_dir: str) -> int:
     final = Path(final_dir)
     config = load_train_config(final / "train_config.yaml")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(config.base_model.name_or_path))
+    where = resolve_base_model(config.base_model.name_or_path)  # a name the run's files give: never its own code
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
     _, eval_ds = build_datasets(config.data, tokenizer, config.total_samples, config.seed)
     loader = create_dataloader(eval_ds, config.eval_batch_size or config.batch_size)
     model = SAEPatchedModel.from_pretrained(final).eval()

@@ -79,7 +79,7 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
         return 0
     from accelerate import PartialState
 
-    from .runs.errors import RUN_ERRORS
+    from .runs.errors import RUN_ERRORS, USER_ERRORS
 
     if train is None:
         from .training.trainer import train
@@ -90,7 +90,7 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
         return _fail(prog, error)
     except RUN_ERRORS as error:  # non-finite loss, output_dir in use, disk full, bad checkpoint: one line
         sys.stderr.write("\n")  # on its own line, after any progress bar
-        return _fail(prog, error, code=1)
+        return _fail(prog, error, code=2 if isinstance(error, USER_ERRORS) else 1)
     if metrics and PartialState().is_main_process:
         sys.stdout.write(final_report(config, metrics))
     _close_process_group()

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..evaluation.browser import write_site
+from ..evaluation.browser import check_browser_folder, claim_browser_folder, write_site
 from ..evaluation.feature_stats import FeatureStats, compute_feature_stats, token_strings
 from ..evaluation.geometry import nearest_features
 from ..evaluation.logit_effects import direct_logit_effects
@@ -91,12 +91,13 @@ def load_all(stats_dir: Path) -> tuple:
 def browse(runs: list, out_dir, n_tokens: int = 131_072, args: Optional[argparse.Namespace] = None) -> Path:
     """Compute statistics for every SAE of `runs` on the first run's held-out data and write the site."""
     args = args or parse_args([*runs, "--out", str(out_dir), "--n-tokens", str(n_tokens)])
+    check_browser_folder(out_dir)  # before any model loads: never the user's own folder
     stats_list, data = [], None
     for run in runs:
         stats, data = run_stats(run, n_tokens, args, data)
         stats_list.extend(stats)
     links = nearest_links(stats_list)
-    out = Path(out_dir)
+    out = claim_browser_folder(out_dir)  # checked again: it may have changed while statistics were computed
     save_all(stats_list, links, out / "stats")
     return write_site(stats_list, out, nearest=links)
 
@@ -123,6 +124,7 @@ def browse_main(argv: Optional[list] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.time()
     try:
+        check_browser_folder(args.out)
         if args.from_stats:
             stats_list, links = load_all(Path(args.from_stats))
             index = write_site(stats_list, args.out, nearest=links)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 from transformers.utils import CONFIG_NAME, cached_file
 
 from ..runs.layout import resolve_saved_path
@@ -27,6 +27,7 @@ from ..sae.hub_interface import hub_function
 from ..sae.model import SparseAutoencoder
 from ..patching.base_models import config_hash, resolve_base_model
 from ..patching.patched_model import validate_sae_configs
+from ..patching.remote_code import load_base_config, trusts_remote_code, with_trust
 from .manifest_check import check_remote_code, parse_manifest
 
 logger = logging.getLogger(__name__)
@@ -183,9 +184,9 @@ def load_patched_model(
         name = resolve_base_model(name)  # built-in names -> their folder; local:... -> error
         recorded_revision = manifest.get("base_model_revision") if base_model is None else None
         base_hub = {"revision": recorded_revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        trust = trusts_remote_code(base_model, base_model_kwargs)  # never for the name the manifest gives
         try:
-            trust = {"trust_remote_code": True} if (base_model_kwargs or {}).get("trust_remote_code") else {}
-            base_config = AutoConfig.from_pretrained(name, **base_hub, **trust)
+            base_config = load_base_config(name, trust_remote_code=trust, where=path, **base_hub)
         except OSError as e:
             raise OSError(
                 f"{path}: cannot load the base model {name!r} (revision {base_hub['revision'] or 'main'}) the SAEs "
@@ -194,7 +195,7 @@ def load_patched_model(
         validate_sae_configs(base_config, configs)  # fail before loading any weights
         if base_model is not None:
             _warn_if_other_base(path, base_config, configs)
-        extra = dict(base_model_kwargs or {})
+        extra = with_trust(base_model_kwargs, trust)
         if dtype is not None:
             extra["dtype"] = dtype
         base_model = AutoModelForCausalLM.from_pretrained(name, config=base_config, **base_hub, **extra)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from ..patching.base_models import resolve_base_model
 from ..patching.patched_model import validate_sae_configs
+from ..patching.remote_code import load_base_config, trusts_remote_code, with_trust
 from ..sae.model import SparseAutoencoder
 from . import saelens
 from .registry import FORMATS, detect_format, load_sae, resolve_folder
@@ -60,9 +61,10 @@ def load_foreign_patched_model(cls, path: str, native_error: Exception, base_mod
         if not name:
             raise ValueError(f"{path}: the SAE does not name its base model; pass base_model=")
         name = resolve_base_model(name)
-        base_config = AutoConfig.from_pretrained(name, token=hub_kwargs.get("token"))
+        trust = trusts_remote_code(base_model, base_model_kwargs)  # never for the name the SAE's files give
+        base_config = load_base_config(name, trust_remote_code=trust, where=path, token=hub_kwargs.get("token"))
         validate_sae_configs(base_config, {sae.config.site: sae.config})  # before loading any weights
-        extra = dict(base_model_kwargs or {}, **({"dtype": dtype} if dtype is not None else {}))
+        extra = dict(with_trust(base_model_kwargs, trust), **({"dtype": dtype} if dtype is not None else {}))
         base_model = AutoModelForCausalLM.from_pretrained(name, config=base_config, token=hub_kwargs.get("token"), **extra)
     return cls(base_model, [sae.to(next(base_model.parameters()).device)])
 

@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from .base_models import config_hash, portable_base_name, resolve_base_model
 from .hooks import add_hook
+from .patch_marker import mark_patched, patched_by, unmark_patched  # noqa: F401  (patched_by: public)
 from ..sae.basis import restore_token_mean
 from .interventions import InterventionsMixin
 from ..sae.hub_interface import hub_function
@@ -173,6 +174,14 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
     def __init__(self, base_model: nn.Module, saes: SAEsLike):
         super().__init__()
         site_saes = _as_site_dict(saes)
+        mark_patched(base_model, self)  # refuses a model another wrapper patched; undone below on any error
+        try:
+            self._patch(base_model, site_saes)
+        except BaseException:
+            unmark_patched(base_model, self)
+            raise
+
+    def _patch(self, base_model: nn.Module, site_saes: dict) -> None:
         validate_sae_configs(base_model.config, {site: sae.config for site, sae in site_saes.items()})
         resolved = {site: resolve_site(base_model, site) for site in site_saes}  # may raise; nothing patched yet
 
@@ -238,6 +247,7 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        unmark_patched(self.base_model, self)
         for name, param in self.base_model.named_parameters():
             param.requires_grad_(self._saved_requires_grad.get(name, param.requires_grad))
         self.base_model.train(self._saved_training)

@@ -4,7 +4,9 @@
 writable, takes an exclusive `fcntl.flock` on `output_dir/.lock` for the run's lifetime (a second run fails at
 once naming the holder's pid; the kernel drops the lock when its process dies, so a stale lock file never
 blocks), removes half-written `.tmp-*` folders, and refuses a directory that holds another run's checkpoints or
-final/ unless the run resumes it or `overwrite_output_dir: true` says to replace it.
+final/ unless the run resumes it or `overwrite_output_dir: true` says to replace it. A finished run (final/) with no
+checkpoint is never "resumed": `resume_from_checkpoint=latest` would start fresh and replace final/, so it is
+refused too; the refusal suggests resuming only when there is a checkpoint to resume from.
 """
 from __future__ import annotations
 
@@ -93,17 +95,28 @@ def prepare_output_dir(output_dir, resume_from_checkpoint: Optional[str], overwr
     lock = OutputDirLock(path)
     remove_stale_tmp(path)
     previous = _previous_run(path)
-    if previous and resume_from_checkpoint is None:
+    nothing_to_resume = resume_from_checkpoint == "latest" and previous == ["final/"]
+    if previous and (resume_from_checkpoint is None or nothing_to_resume):
         if not overwrite:
             lock.release()
-            raise OutputDirError(
-                f"output_dir={path} holds another run ({', '.join(previous[:3])}{', ...' if len(previous) > 3 else ''})"
-                ": set overwrite_output_dir=true to delete and replace it, resume_from_checkpoint=latest to continue "
-                "it, or choose another output_dir.")
+            raise OutputDirError(_refusal(path, previous, nothing_to_resume))
         logger.warning("overwrite_output_dir: deleting the previous run's %s in %s", ", ".join(previous), path)
         shutil.rmtree(path / "final", ignore_errors=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
     return lock
+
+
+def _refusal(path: Path, previous: list, nothing_to_resume: bool) -> str:
+    """Why `path` is refused and what is safe to do: resuming is suggested only when a checkpoint exists."""
+    held = ", ".join(previous[:3]) + (", ..." if len(previous) > 3 else "")
+    if nothing_to_resume:
+        return (f"resume_from_checkpoint=latest: output_dir={path} holds a finished run (final/) and no checkpoint "
+                "to resume from, and starting fresh would replace it: choose another output_dir, or set "
+                "overwrite_output_dir=true to delete and replace it.")
+    resume = "; or set resume_from_checkpoint=latest to continue from its newest checkpoint" \
+        if previous != ["final/"] else ""  # only where there is a checkpoint to resume from
+    return (f"output_dir={path} holds another run ({held}): choose another output_dir or set "
+            f"overwrite_output_dir=true to delete and replace it{resume}.")
 
 
 def disk_error(error: BaseException, path) -> BaseException:

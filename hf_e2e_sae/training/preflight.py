@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 
-from transformers import AutoConfig
-
 from ..patching.architectures import check_site, num_blocks
 from ..patching.base_models import resolve_base_model
+from ..patching.remote_code import RemoteCodeError, load_base_config
 from ..config.arguments import ConfigError
 from ..sae.hub_interface import hub_function
 from ..data.activation_cache import check_cache
@@ -19,6 +18,9 @@ from .finetune import check_initial_sae
 from ..data.local_files import check_local_files, local_source
 from .losses import default_downstream_sites
 from .sharding import check_sharding
+
+
+_NO_REMOTE_CODE = "train on a model that transformers implements itself"
 
 
 def _base_model_config(config: TrainConfig):
@@ -30,7 +32,9 @@ def _base_model_config(config: TrainConfig):
     if where.startswith(("./", "../", "/", "~")) and not os.path.isdir(os.path.expanduser(where)):
         raise ConfigError(f"base_model.name_or_path: {name} does not exist")
     try:
-        return AutoConfig.from_pretrained(where, revision=config.base_model.revision)
+        return load_base_config(where, revision=config.base_model.revision, remedy=_NO_REMOTE_CODE)
+    except RemoteCodeError as e:  # training never runs a base model's own code (there is no option for it)
+        raise ConfigError(f"base_model.name_or_path: {e}") from None
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"base_model.name_or_path: cannot load the config of {name!r}: {first}") from None

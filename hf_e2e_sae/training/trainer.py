@@ -44,7 +44,7 @@ from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
 from ..runs.output_dir import prepare_output_dir, staged_dir
 from .preflight import preflight
-from ..runs.redaction import config_yaml, redact_secrets
+from ..runs.redaction import config_yaml, redact_secrets, redacted_argv
 from ..runs.resume_compat import check_resume_compatible
 from ..runs.safety import check_step_finite, json_text
 from .sharding import shard_base_model
@@ -72,8 +72,10 @@ def build_patched_model(config: TrainConfig) -> tuple:
     initial = load_initial_sae(config) if config.init_from else None  # fine-tuning: read and check it first
     base_cfg = config.base_model
     where = resolve_base_model(base_cfg.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(where, revision=base_cfg.revision)
-    base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype))
+    # trust_remote_code=False: never a stdin prompt, never a model's own code (training/preflight.py says so first)
+    tokenizer = AutoTokenizer.from_pretrained(where, revision=base_cfg.revision, trust_remote_code=False)
+    base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype),
+                                                trust_remote_code=False)
     if initial is not None:
         return SAEPatchedModel(base, {config.sites[0]: initial}), tokenizer
     saes = {}
@@ -190,7 +192,8 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
         train_ds, config.batch_size, config.data.num_workers, accelerator, run.state.samples, run.data_state)
     run.eval_loader = create_dataloader(eval_ds, config.eval_batch_size or config.batch_size)
     if config.tracker != "none":
-        accelerator.init_trackers("hf_e2e_sae", config=_flat(redact_secrets(to_dict(config))))
+        with redacted_argv():  # wandb records sys.argv: overrides may carry tokens
+            accelerator.init_trackers("hf_e2e_sae", config=_flat(redact_secrets(to_dict(config))))
     return run
 
 

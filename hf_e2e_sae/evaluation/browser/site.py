@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..feature_stats import FeatureStats
+from .folder import claim_browser_folder
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,10 @@ def write_site(stats_list: Sequence[FeatureStats], out_dir, nearest: Optional[di
             by decoder cosine similarity (see `evaluation.geometry.nearest_features`).
     Returns:
         The path of `index.html`.
+    Raises:
+        BrowserFolderError: `out_dir` exists, is not empty and was not written by the browser (left untouched).
     """
-    out = Path(out_dir)
+    out = claim_browser_folder(out_dir)  # new, empty or the browser's own: never the user's files
     data = out / "data"
     if data.exists():
         shutil.rmtree(data)  # a stale shard of another run must never be shown
