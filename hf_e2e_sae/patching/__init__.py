@@ -4,8 +4,8 @@ from ..lazy_exports import lazy_exports
 
 _EXPORTS = {
     "ARCHITECTURES": ".architectures", "ArchitectureSpec": ".architectures", "register_architecture": ".architectures",
-    "resolve_site": ".architectures", "SAEPatchedModel": ".patched_model", "SAEPatchedOutput": ".patched_model",
-    "SiteOutput": ".patched_model",
+    "resolve_site": ".architectures", "SAEPatchedModel": ".patched_model", "SAEPatchedOutput": ".outputs",
+    "SiteOutput": ".outputs", "SiteNotPatchedError": ".outputs",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
