@@ -7,6 +7,8 @@ and reach the saved config, and that save/load and push/load give identical late
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -20,7 +22,9 @@ from tiny_models import HIDDEN, random_ids, tiny_model
 ACTIVATION_NAMES = sorted(ACTIVATION_SPECS)
 # Options making each activation non-trivial on tiny random data (a jumprelu threshold near the pre-activations).
 TEST_OPTIONS = {"topk": {"k": 4}, "batchtopk": {"k": 4},
-                "jumprelu": {"jumprelu_init_threshold": 0.1, "jumprelu_bandwidth": 0.5}}
+                "jumprelu": {"jumprelu_init_threshold": 0.1, "jumprelu_bandwidth": 0.5},
+                "matryoshka_topk": {"k": 4, "matryoshka_prefixes": [8, 24], "matryoshka_weights": [0.5, 1.0]},
+                "matryoshka_batchtopk": {"k": 4, "matryoshka_prefixes": [8, 24], "matryoshka_weights": [0.5, 1.0]}}
 SITE = "blocks.1.resid_pre"
 
 
@@ -207,13 +211,19 @@ def test_push_and_load_from_the_hub_gives_identical_latents(activation, hub, hf_
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"activation": "relu", "k": 4}, "k is an option of activation batchtopk / topk, not of activation='relu'"),
+    ({"activation": "relu", "k": 4}, "k is an option of activation batchtopk / matryoshka_batchtopk / matryoshka_topk / topk, not of activation='relu'"),
     ({"activation": "topk", "k": 0}, "k=0 is invalid for activation='topk'"),
     ({"activation": "topk", "k": 65}, "k=65 exceeds dict_size=64"),
     ({"activation": "batchtopk", "jumprelu_bandwidth": 0.1}, "jumprelu_bandwidth is an option of activation jumprelu"),
     ({"activation": "jumprelu", "jumprelu_bandwidth": -1.0}, "jumprelu_bandwidth=-1.0 is invalid"),
     ({"activation": "jumprelu", "jumprelu_init_threshold": 0.0}, "jumprelu_init_threshold=0.0 is invalid"),
+    ({"activation": "matryoshka_topk"}, "matryoshka_prefixes=None is invalid for activation='matryoshka_topk'"),
+    ({"activation": "matryoshka_batchtopk", "matryoshka_prefixes": [16, 8]}, "matryoshka_prefixes=[16, 8] is invalid"),
+    ({"activation": "matryoshka_topk", "matryoshka_prefixes": [8, 64]}, "must all be < dict_size=64"),
+    ({"activation": "matryoshka_topk", "matryoshka_prefixes": [8], "matryoshka_weights": [1.0, 2.0]},
+     "matryoshka_weights=[1.0, 2.0] needs one weight per entry"),
+    ({"activation": "topk", "matryoshka_prefixes": [8]}, "matryoshka_prefixes is an option of activation matryoshka"),
 ])
 def test_bad_activation_options_name_option_and_activation(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         SparseAutoencoder(SAEConfig(d_in=8, dict_size=64, **kwargs))

@@ -44,7 +44,7 @@ def test_structural_sparsity_defaults_the_coefficient_to_zero_unless_given(make_
     (["activation=topk", "loss.sparsity.p=0", "loss.sparsity.coeff=1"],
      r"loss\.sparsity\.p=0 .* meaningless with activation='topk'"),
     (["activation=relu", "loss.sparsity.p=0"], r"loss\.sparsity\.p=0 .* meaningless with activation='relu'.*jumprelu"),
-    (["activation=relu", "k=8"], r"k is an option of activation batchtopk / topk, not of activation='relu'"),
+    (["activation=relu", "k=8"], r"k is an option of activation batchtopk / matryoshka_batchtopk / matryoshka_topk / topk, not of activation='relu'"),
     (["activation=topk", "jumprelu_bandwidth=0.1"], r"jumprelu_bandwidth is an option of activation jumprelu"),
     (["activation=topk", "k=0"], r"k=0 is invalid for activation='topk'"),
     (["activation=softmax"], r"activation='softmax' is unknown; valid choices: \['batchtopk', 'jumprelu'"),

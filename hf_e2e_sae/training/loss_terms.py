@@ -18,8 +18,9 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from ..sae.distributed import reduce_sum, world_size
+from ..sae.activations.matryoshka import matryoshka_levels, prefix_reconstruction
 from ..sae.sparse_code import firing
-from .losses import LossConfig, token_weights
+from .losses import LossConfig, mse_loss, token_weights
 
 LossTerm = Callable[..., tuple]
 LOSS_TERMS: dict[str, Callable[[LossConfig], Optional[LossTerm]]] = {}
@@ -123,6 +124,23 @@ def _residual_variance(e: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return reduce_sum((weights * (e - mean).pow(2).sum(-1)).sum()).clamp_min(1e-12)
 
 
+class MatryoshkaReconstruction:
+    """The local part: `coeff * sum_m w_m MSE(x_hat_m, x)` over every Matryoshka SAE (0 and not logged without one)."""
+
+    def __init__(self, coeff: float):
+        self.coeff = coeff
+
+    def __call__(self, sae_outputs, saes, d_in, mask):
+        total, seen = 0.0, False
+        for site, out in sae_outputs.items():
+            for size, weight in matryoshka_levels(saes[site]):
+                seen = True
+                total = total + weight * mse_loss(prefix_reconstruction(saes[site], out, size), out.target, mask)
+        if not seen:
+            return 0.0, None
+        return self.coeff * total, total
+
+
 def pre_activations(out, sae) -> torch.Tensor:
     """The encoder outputs of an SAE output; recomputed from what it read when the step kept only a sparse code."""
     if out.pre_activations is not None:
@@ -137,3 +155,6 @@ register_loss_term(
 register_loss_term(
     "auxk",
     lambda c: AuxK(c.auxk.coeff, c.auxk.k_aux, c.auxk.dead_after_tokens) if c.auxk.coeff > 0 else None)
+register_loss_term(
+    "matryoshka_reconstruction",
+    lambda c: MatryoshkaReconstruction(c.reconstruction.coeff) if c.reconstruction.coeff > 0 else None)

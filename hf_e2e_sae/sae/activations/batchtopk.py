@@ -28,6 +28,7 @@ class BatchTopKActivation(nn.Module):
         super().__init__()
         self.k = check_k(k, dict_size)
         self.register_buffer("threshold", torch.zeros(()))
+        self.track_statistics = True  # False: training calls leave the threshold as it is (extra passes of a step)
 
     def forward(self, pre_activations: torch.Tensor) -> torch.Tensor:
         values = torch.relu(pre_activations)
@@ -36,7 +37,8 @@ class BatchTopKActivation(nn.Module):
         flat = values.reshape(-1)
         n_tokens = flat.numel() // values.shape[-1]
         kept, indices = flat.topk(self.k * n_tokens, sorted=False)
-        self._update_threshold(kept)
+        if self.track_statistics:
+            self._update_threshold(kept)
         return torch.zeros_like(flat).scatter(0, indices, kept).reshape(values.shape)
 
     @torch.no_grad()
