@@ -217,7 +217,8 @@ def test_push_and_load_from_the_hub_gives_identical_latents(activation, hub, hf_
     ({"activation": "batchtopk", "jumprelu_bandwidth": 0.1}, "jumprelu_bandwidth is an option of activation jumprelu"),
     ({"activation": "jumprelu", "jumprelu_bandwidth": -1.0}, "jumprelu_bandwidth=-1.0 is invalid"),
     ({"activation": "jumprelu", "jumprelu_init_threshold": 0.0}, "jumprelu_init_threshold=0.0 is invalid"),
-    ({"activation": "matryoshka_topk"}, "matryoshka_prefixes=None is invalid for activation='matryoshka_topk'"),
+    ({"activation": "matryoshka_topk", "matryoshka_prefixes": [0, 8]}, "matryoshka_prefixes=[0, 8] is invalid for "
+     "activation='matryoshka_topk'"),
     ({"activation": "matryoshka_batchtopk", "matryoshka_prefixes": [16, 8]}, "matryoshka_prefixes=[16, 8] is invalid"),
     ({"activation": "matryoshka_topk", "matryoshka_prefixes": [8, 64]}, "must all be < dict_size=64"),
     ({"activation": "matryoshka_topk", "matryoshka_prefixes": [8], "matryoshka_weights": [1.0, 2.0]},

@@ -4,7 +4,8 @@ reconstruct on its own.
 The activation is TopK (`matryoshka_topk`, k per token) or BatchTopK (`matryoshka_batchtopk`, k per token on
 average over a batch in training, a global threshold at inference, as SAELens's `matryoshka_batchtopk`); what
 makes it Matryoshka is the training loss. `matryoshka_prefixes` lists the sizes of the proper prefixes (strictly
-increasing, each smaller than `dict_size`; the whole dictionary is always the last level) and
+increasing, each smaller than `dict_size`; the whole dictionary is always the last level; default
+`dict_size // 64, // 16, // 4`) and
 `matryoshka_weights` their weights (default 1 each). For a prefix of size m, the latents outside the first m are
 zeroed and the rest decoded (`prefix_reconstruction`); training adds, per prefix, its weight times the
 reconstruction-side loss of that prefix (local: its MSE; e2e: the KL with it spliced in; e2e+ds: KL and
@@ -26,9 +27,9 @@ from ..sparse_code import sparse_decode
 
 
 def _prefix_sizes(value) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) > 0
-            and all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value)
-            and all(a < b for a, b in zip(value, value[1:])))
+    return value is None or (isinstance(value, (list, tuple)) and len(value) > 0
+                             and all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value)
+                             and all(a < b for a, b in zip(value, value[1:])))
 
 
 def _prefix_weights(value) -> bool:
@@ -40,14 +41,20 @@ MATRYOSHKA_OPTIONS = {
     "k": K_OPTION,
     "matryoshka_prefixes": ActivationOption(
         None, _prefix_sizes, "matryoshka_prefixes is the list of nested prefix sizes, positive ints, strictly "
-        "increasing, each < dict_size (the whole dictionary is the last level), e.g. [128, 512, 2048]"),
+        "increasing, each < dict_size (the whole dictionary is the last level), e.g. [128, 512, 2048]; null: "
+        "dict_size // 64, // 16 and // 4"),
     "matryoshka_weights": ActivationOption(
         None, _prefix_weights, "matryoshka_weights is one weight >= 0 per entry of matryoshka_prefixes (null: 1 each)"),
 }
 
 
 def check_levels(prefixes, weights, dict_size: int) -> tuple:
-    """`(prefixes, weights)` as tuples, checked against the dictionary; raises `ValueError` naming the option."""
+    """`(prefixes, weights)` as tuples, checked against the dictionary; raises `ValueError` naming the option.
+    `prefixes=None`: `dict_size // 64, // 16, // 4` (those that are at least 1, each 4 times the last)."""
+    if prefixes is None:
+        prefixes = sorted({dict_size // 4 ** j for j in (3, 2, 1)} - {0})
+        if not prefixes:
+            raise ValueError(f"dict_size={dict_size} is too small for the default matryoshka_prefixes; list them.")
     if prefixes[-1] >= dict_size:
         raise ValueError(f"matryoshka_prefixes={list(prefixes)} must all be < dict_size={dict_size} (the whole "
                          "dictionary is always the last level; list only the smaller prefixes).")
