@@ -146,3 +146,74 @@ def test_a_short_training_makes_the_small_prefix_reconstruct_better_than_a_plain
     plain_prefix, plain_full = _train_on_activations("topk")
     assert matryoshka_prefix < 0.5 * plain_prefix, (matryoshka_prefix, plain_prefix)  # measured 0.54 vs 1.55
     assert matryoshka_full < 1.5 * plain_full  # the whole dictionary still reconstructs (0.062 vs 0.060)
+
+
+# ----------------------------------------------------------------------------------------------- SAELens layouts
+def _inputs(n: int = 40) -> torch.Tensor:
+    return torch.randn(n, HIDDEN, generator=torch.Generator().manual_seed(3)) * 2 + 0.5
+
+
+def test_saelens_matryoshka_files_load_as_matryoshka_batchtopk_with_their_latents(tmp_path):
+    """A SAELens MatryoshkaBatchTopK SAE (decoder rows not of norm 1, rescale_acts_by_decoder_norm), saved as a
+    training checkpoint and for inference: both load as our matryoshka_batchtopk with SAELens's inference latents."""
+    from sae_lens import SAE
+    from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
+                                                        MatryoshkaBatchTopKTrainingSAEConfig)
+    from sae_lens.saes.sae import SAEMetadata
+
+    from hf_e2e_sae import load_sae
+
+    cfg = MatryoshkaBatchTopKTrainingSAEConfig(d_in=HIDDEN, d_sae=96, k=6, matryoshka_widths=[12, 48, 96],
+                                               metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre", model_name="gpt2"))
+    theirs = MatryoshkaBatchTopKTrainingSAE(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in theirs.parameters():
+            param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+        theirs.topk_threshold.fill_(0.4)
+    theirs.save_model(tmp_path / "training")  # before the inference save, which folds the decoder norms in place
+    theirs.save_inference_model(tmp_path / "inference")
+    reference = SAE.load_from_disk(tmp_path / "inference")
+    x = _inputs()
+    with torch.no_grad():
+        want = reference.encode(x)
+        assert 0 < (want > 0).sum(-1).float().mean() < 96  # some latents fire, not all
+        for layout in ("training", "inference"):
+            ours = load_sae(tmp_path / layout).eval()
+            assert ours.config.activation == "matryoshka_batchtopk" and ours.config.site == "blocks.1.resid_pre"
+            assert (ours.config.k, ours.activation.prefixes) == (6, (12, 48))
+            torch.testing.assert_close(ours.encode(x), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ours(x).reconstruction, reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation,options", [("matryoshka_batchtopk", {}),
+                                                ("matryoshka_batchtopk", {"normalize_decoder": False}),
+                                                ("matryoshka_topk", {"center_input": True})])
+def test_export_loads_in_saelens_and_round_trips(tmp_path, activation, options):
+    from sae_lens import SAE
+
+    from hf_e2e_sae import export_sae, load_sae
+
+    sae = make(activation, site="blocks.2.resid_post", base_model_name_or_path="openai-community/gpt2", **options)
+    if activation == "matryoshka_batchtopk":
+        sae.train()(_inputs(64))  # a training call sets the threshold
+    sae.eval()
+    export_sae(sae, tmp_path / "export")
+    theirs = SAE.load_from_disk(tmp_path / "export")
+    meta = theirs.cfg.metadata
+    assert meta.training_architecture == activation
+    assert meta.training_architecture_details["matryoshka_widths"] == [*PREFIXES, 128]
+    x = _inputs()
+    with torch.no_grad():
+        latents = sae.encode(x)
+        assert (latents > 0).any()
+        torch.testing.assert_close(theirs.encode(x), latents, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs(x), sae(x).reconstruction, rtol=1e-5, atol=1e-5)
+        again = load_sae(tmp_path / "export").eval()  # and back: the Matryoshka SAE it was
+        assert again.config.activation == activation
+        assert matryoshka_levels(again) == matryoshka_levels(sae)
+        if activation == "matryoshka_batchtopk":
+            torch.testing.assert_close(again.activation.threshold, sae.activation.threshold)
+        assert torch.equal(again.encode(x) > 0, latents > 0)
+        torch.testing.assert_close(again.encode(x), latents, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(again(x).reconstruction, sae(x).reconstruction, rtol=1e-5, atol=1e-5)
