@@ -6,7 +6,9 @@ Each rank trains, with DDP on its half of every global batch of 8 sequences:
 
 1. a TopK SAE with AuxK (a small dictionary, a short dead window, so latents go dead within a few steps), Adam;
    it writes its final SAE weights to `OUT_DIR/topk_rank<r>.safetensors`;
-2. a BatchTopK SAE: the threshold after its first training call and this rank's smallest kept value of that call,
+2. a Matryoshka TopK SAE e2e (the prefix passes run outside the DDP wrapper, their gradients reduced all the
+   same), to `OUT_DIR/matryoshka_rank<r>.safetensors`;
+3. a BatchTopK SAE: the threshold after its first training call and this rank's smallest kept value of that call,
    and the threshold and weights after a few steps, to `OUT_DIR/batchtopk_rank<r>.json` / `.safetensors`.
 
 `train_topk_auxk(rows_per_process=8)` in one process (no torch.distributed) is the 1-process reference;
@@ -39,14 +41,14 @@ def global_batch(step: int) -> torch.Tensor:
     return torch.randint(2, VOCAB, (GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(1000 + step))
 
 
-def build(activation: str) -> SAEPatchedModel:
+def build(activation: str, **options) -> SAEPatchedModel:
     torch.manual_seed(7)
-    sae = SparseAutoencoder(SAEConfig(d_in=HIDDEN, dict_size=64, activation=activation, k=2, site=SITE))
+    sae = SparseAutoencoder(SAEConfig(d_in=HIDDEN, dict_size=64, activation=activation, k=2, site=SITE, **options))
     return SAEPatchedModel(tiny_model("gpt2"), [sae]).train()
 
 
-def _loss(model, raw, ids, terms) -> tuple:
-    total, logged, outputs = micro_batch_loss(model, raw, ids, LOSS, [], HIDDEN)
+def _loss(model, raw, ids, terms, loss=LOSS) -> tuple:
+    total, logged, outputs = micro_batch_loss(model, raw, ids, loss, [], HIDDEN)
     return add_loss_terms(terms, total, logged, outputs, {SITE: raw.sae(SITE)}, HIDDEN)
 
 
@@ -70,6 +72,21 @@ def train_topk_auxk(rank: int = 0, rows_per_process: int = GLOBAL_BATCH, halves_
     return {k: v.detach().clone() for k, v in raw.sae(SITE).state_dict().items()}, auxk
 
 
+def train_matryoshka_e2e(rank: int = 0, rows_per_process: int = GLOBAL_BATCH, wrap=None, steps: int = 4) -> dict:
+    """A Matryoshka TopK SAE trained e2e (one prefix pass per prefix in each step); its final state."""
+    raw = build("matryoshka_topk", matryoshka_prefixes=[8, 32])
+    model = wrap(raw) if wrap is not None else raw
+    optimizer = torch.optim.Adam(raw.saes.parameters(), lr=1e-2)
+    loss = LossConfig(preset="e2e", sparsity={"coeff": 0.0})
+    for step in range(steps):
+        ids = global_batch(step)[rank * rows_per_process:(rank + 1) * rows_per_process]
+        optimizer.zero_grad()
+        total, _ = _loss(model, raw, ids, {}, loss)
+        total.backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in raw.sae(SITE).state_dict().items()}
+
+
 def _smallest_kept(raw, ids) -> float:
     """This process's smallest positive value among its own batch's k * tokens largest (what it kept)."""
     sae = raw.sae(SITE)
@@ -90,6 +107,8 @@ def main(out_dir: Path) -> None:
     torch.set_num_threads(1)
     state, auxk = train_topk_auxk(rank, rows, wrap=DistributedDataParallel)
     save_file(state, str(out_dir / f"topk_rank{rank}.safetensors"))
+    save_file(train_matryoshka_e2e(rank, rows, wrap=DistributedDataParallel),
+              str(out_dir / f"matryoshka_rank{rank}.safetensors"))
 
     raw = build("batchtopk")
     model = DistributedDataParallel(raw)
