@@ -31,7 +31,8 @@ COLUMNS = ["preset", "seed", "latents", "l0", "ce_loss_increase", "kl", "explain
 
 def overrides(preset: str, seed: int, n_samples: int, out: Path) -> list:
     return ["activation=matryoshka_batchtopk", "k=16", f"matryoshka_prefixes={PREFIXES}", f"loss.preset={preset}",
-            "loss.sparsity.coeff=0", f"n_samples={n_samples}", "eval_every_samples=null", f"seed={seed}",
+            "loss.sparsity.coeff=0", f"n_samples={n_samples}", f"warmup_samples={min(128, n_samples // 8)}",
+            "eval_every_samples=null", f"seed={seed}",
             f"output_dir={out}"]
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: both presets of a seed before the next seed
         for preset in args.presets:
             run_dir = REPO / "outputs" / "matryoshka-results" / f"{preset}-seed{seed}-n{args.n_samples}"
             config = load_train_config(REPO / "examples" / "configs" / "tiny-e2e.yaml",
@@ -85,8 +86,12 @@ def main() -> None:
             for row in evaluate_prefixes(config, run_dir / "final"):
                 rows.append({"preset": preset, "seed": seed, **row, "minutes": float(minutes_file.read_text())})
             print(json.dumps(rows[-3:]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "results.csv", "w", newline="") as f:
+            write(rows, args.out)  # after every run: a partial table survives an interrupted sweep
+
+
+def write(rows: list, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -94,7 +99,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['preset']} | {r['seed']} | {r['latents']} | {r['l0']:.1f} | {r['ce_loss_increase']:.4f} | "
               f"{r['kl']:.4f} | {r['explained_variance']:.3f} | {r['minutes']:.1f} |" for r in rows]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

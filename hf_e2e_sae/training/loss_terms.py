@@ -9,7 +9,9 @@ latents are dead), so they are objects built once per run from the `LossConfig`:
 
 A new term is one `register_loss_term(name, factory)` call: `factory(loss_config)` returns the term (a
 callable `term(sae_outputs, saes, d_in, mask) -> (loss added to the total, value to log or None)`) or None
-when the config leaves it off.
+when the config leaves it off. Registered here: `sparsity_l0_ste` (JumpReLU's L0 estimator), `auxk` (dead
+latents; its statistics are reduced over data-parallel processes) and `matryoshka_reconstruction` (the local part
+of the Matryoshka loss; the KL and downstream parts need extra passes and live in `matryoshka.py`).
 """
 from __future__ import annotations
 
