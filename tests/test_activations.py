@@ -1,7 +1,8 @@
 """Every registered activation (parametrised over the registry: a new activation is tested by registering it).
 
-What is checked: the defining property of each activation (exact per-token L0 for topk; batch-level top-k in
-training and batch independence at inference for batchtopk; straight-through threshold gradients for jumprelu),
+What is checked: the defining property of each activation (exact per-token L0 for the top-k-per-token ones;
+batch-level top-k in training and batch independence at inference for the BatchTopK ones; straight-through
+threshold gradients for jumprelu),
 that KL gradients reach every SAE parameter and no base parameter, that config options are declared, validated
 and reach the saved config, and that save/load and push/load give identical latents.
 """
@@ -14,6 +15,7 @@ import torch
 
 from hf_e2e_sae import SAEConfig, SAEPatchedModel, SparseAutoencoder
 from hf_e2e_sae.sae.activations import ACTIVATION_SPECS, activation_option_owners
+from hf_e2e_sae.sae.activations.batchtopk import BatchTopKActivation
 from hf_e2e_sae.sae.activations.jumprelu import JumpReLUActivation
 from hf_e2e_sae.training.config import TrainConfig
 from hf_e2e_sae.training.losses import kl_divergence
@@ -53,9 +55,14 @@ def test_latents_are_non_negative_and_options_are_saved(activation, tmp_path):
         assert getattr(loaded, key) == value
 
 
+SPARSE_CODE = [name for name in ACTIVATION_NAMES if ACTIVATION_SPECS[name].sparse_code]  # top k per token
+BATCH_TOPK = [name for name in ACTIVATION_NAMES if isinstance(make_sae(name).activation, BatchTopKActivation)]
+
+
 @pytest.mark.parametrize("k", [1, 4, 17])
-def test_topk_l0_is_exactly_k_or_the_number_of_positive_pre_activations(k):
-    sae = make_sae("topk", k=k)
+@pytest.mark.parametrize("activation", SPARSE_CODE)
+def test_topk_l0_is_exactly_k_or_the_number_of_positive_pre_activations(activation, k):
+    sae = make_sae(activation, k=k)
     with torch.no_grad():
         sae.encoder.bias[:32] = -100.0  # half the latents can never be positive
     x = torch.randn(6, 7, HIDDEN)
@@ -76,8 +83,9 @@ def test_topk_all_negative_token_has_l0_zero():
     assert (sae(torch.randn(2, HIDDEN)).latents == 0).all()
 
 
-def test_batchtopk_training_keeps_k_per_token_on_average_and_updates_a_buffer():
-    sae = make_sae("batchtopk", k=4).train()
+@pytest.mark.parametrize("activation", BATCH_TOPK)
+def test_batchtopk_training_keeps_k_per_token_on_average_and_updates_a_buffer(activation):
+    sae = make_sae(activation, k=4).train()
     assert "activation.threshold" in dict(sae.named_buffers())
     assert not any("threshold" in name for name, _ in sae.named_parameters())
     assert float(sae.activation.threshold) == 0.0
@@ -92,8 +100,9 @@ def test_batchtopk_training_keeps_k_per_token_on_average_and_updates_a_buffer():
     assert float(sae.activation.threshold) > float(kept.min())  # a running average moves towards larger minima
 
 
-def test_batchtopk_inference_is_independent_of_the_batch():
-    sae = make_sae("batchtopk", k=4).train()
+@pytest.mark.parametrize("activation", BATCH_TOPK)
+def test_batchtopk_inference_is_independent_of_the_batch(activation):
+    sae = make_sae(activation, k=4).train()
     for _ in range(5):
         sae(torch.randn(16, 8, HIDDEN))
     sae.eval()
