@@ -1,17 +1,21 @@
 """Every registered activation (parametrised over the registry: a new activation is tested by registering it).
 
-What is checked: the defining property of each activation (exact per-token L0 for topk; batch-level top-k in
-training and batch independence at inference for batchtopk; straight-through threshold gradients for jumprelu),
+What is checked: the defining property of each activation (exact per-token L0 for the top-k-per-token ones;
+batch-level top-k in training and batch independence at inference for the BatchTopK ones; straight-through
+threshold gradients for jumprelu),
 that KL gradients reach every SAE parameter and no base parameter, that config options are declared, validated
 and reach the saved config, and that save/load and push/load give identical latents.
 """
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
 from hf_e2e_sae import SAEConfig, SAEPatchedModel, SparseAutoencoder
 from hf_e2e_sae.sae.activations import ACTIVATION_SPECS, activation_option_owners
+from hf_e2e_sae.sae.activations.batchtopk import BatchTopKActivation
 from hf_e2e_sae.sae.activations.jumprelu import JumpReLUActivation
 from hf_e2e_sae.training.config import TrainConfig
 from hf_e2e_sae.training.losses import kl_divergence
@@ -20,7 +24,9 @@ from tiny_models import HIDDEN, random_ids, tiny_model
 ACTIVATION_NAMES = sorted(ACTIVATION_SPECS)
 # Options making each activation non-trivial on tiny random data (a jumprelu threshold near the pre-activations).
 TEST_OPTIONS = {"topk": {"k": 4}, "batchtopk": {"k": 4},
-                "jumprelu": {"jumprelu_init_threshold": 0.1, "jumprelu_bandwidth": 0.5}}
+                "jumprelu": {"jumprelu_init_threshold": 0.1, "jumprelu_bandwidth": 0.5},
+                "matryoshka_topk": {"k": 4, "matryoshka_prefixes": [8, 24], "matryoshka_weights": [0.5, 1.0]},
+                "matryoshka_batchtopk": {"k": 4, "matryoshka_prefixes": [8, 24], "matryoshka_weights": [0.5, 1.0]}}
 SITE = "blocks.1.resid_pre"
 
 
@@ -49,9 +55,14 @@ def test_latents_are_non_negative_and_options_are_saved(activation, tmp_path):
         assert getattr(loaded, key) == value
 
 
+SPARSE_CODE = [name for name in ACTIVATION_NAMES if ACTIVATION_SPECS[name].sparse_code]  # top k per token
+BATCH_TOPK = [name for name in ACTIVATION_NAMES if isinstance(make_sae(name).activation, BatchTopKActivation)]
+
+
 @pytest.mark.parametrize("k", [1, 4, 17])
-def test_topk_l0_is_exactly_k_or_the_number_of_positive_pre_activations(k):
-    sae = make_sae("topk", k=k)
+@pytest.mark.parametrize("activation", SPARSE_CODE)
+def test_topk_l0_is_exactly_k_or_the_number_of_positive_pre_activations(activation, k):
+    sae = make_sae(activation, k=k)
     with torch.no_grad():
         sae.encoder.bias[:32] = -100.0  # half the latents can never be positive
     x = torch.randn(6, 7, HIDDEN)
@@ -72,8 +83,9 @@ def test_topk_all_negative_token_has_l0_zero():
     assert (sae(torch.randn(2, HIDDEN)).latents == 0).all()
 
 
-def test_batchtopk_training_keeps_k_per_token_on_average_and_updates_a_buffer():
-    sae = make_sae("batchtopk", k=4).train()
+@pytest.mark.parametrize("activation", BATCH_TOPK)
+def test_batchtopk_training_keeps_k_per_token_on_average_and_updates_a_buffer(activation):
+    sae = make_sae(activation, k=4).train()
     assert "activation.threshold" in dict(sae.named_buffers())
     assert not any("threshold" in name for name, _ in sae.named_parameters())
     assert float(sae.activation.threshold) == 0.0
@@ -88,8 +100,9 @@ def test_batchtopk_training_keeps_k_per_token_on_average_and_updates_a_buffer():
     assert float(sae.activation.threshold) > float(kept.min())  # a running average moves towards larger minima
 
 
-def test_batchtopk_inference_is_independent_of_the_batch():
-    sae = make_sae("batchtopk", k=4).train()
+@pytest.mark.parametrize("activation", BATCH_TOPK)
+def test_batchtopk_inference_is_independent_of_the_batch(activation):
+    sae = make_sae(activation, k=4).train()
     for _ in range(5):
         sae(torch.randn(16, 8, HIDDEN))
     sae.eval()
@@ -207,13 +220,20 @@ def test_push_and_load_from_the_hub_gives_identical_latents(activation, hub, hf_
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"activation": "relu", "k": 4}, "k is an option of activation batchtopk / topk, not of activation='relu'"),
+    ({"activation": "relu", "k": 4}, "k is an option of activation batchtopk / matryoshka_batchtopk / matryoshka_topk / topk, not of activation='relu'"),
     ({"activation": "topk", "k": 0}, "k=0 is invalid for activation='topk'"),
     ({"activation": "topk", "k": 65}, "k=65 exceeds dict_size=64"),
     ({"activation": "batchtopk", "jumprelu_bandwidth": 0.1}, "jumprelu_bandwidth is an option of activation jumprelu"),
     ({"activation": "jumprelu", "jumprelu_bandwidth": -1.0}, "jumprelu_bandwidth=-1.0 is invalid"),
     ({"activation": "jumprelu", "jumprelu_init_threshold": 0.0}, "jumprelu_init_threshold=0.0 is invalid"),
+    ({"activation": "matryoshka_topk", "matryoshka_prefixes": [0, 8]}, "matryoshka_prefixes=[0, 8] is invalid for "
+     "activation='matryoshka_topk'"),
+    ({"activation": "matryoshka_batchtopk", "matryoshka_prefixes": [16, 8]}, "matryoshka_prefixes=[16, 8] is invalid"),
+    ({"activation": "matryoshka_topk", "matryoshka_prefixes": [8, 64]}, "must all be < dict_size=64"),
+    ({"activation": "matryoshka_topk", "matryoshka_prefixes": [8], "matryoshka_weights": [1.0, 2.0]},
+     "matryoshka_weights=[1.0, 2.0] needs one weight per entry"),
+    ({"activation": "topk", "matryoshka_prefixes": [8]}, "matryoshka_prefixes is an option of activation matryoshka"),
 ])
 def test_bad_activation_options_name_option_and_activation(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         SparseAutoencoder(SAEConfig(d_in=8, dict_size=64, **kwargs))

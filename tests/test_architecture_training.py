@@ -20,7 +20,9 @@ from hf_e2e_sae.training.loss_terms import AuxK, build_loss_terms
 from hf_e2e_sae.training.losses import LossConfig, SparsityLossConfig
 
 TRAIN_OPTIONS = {"topk": ["k=4"], "batchtopk": ["k=4"],
-                 "jumprelu": ["jumprelu_init_threshold=0.05", "jumprelu_bandwidth=0.1", "loss.sparsity.p=0"]}
+                 "jumprelu": ["jumprelu_init_threshold=0.05", "jumprelu_bandwidth=0.1", "loss.sparsity.p=0"],
+                 "matryoshka_topk": ["k=4", "matryoshka_prefixes=[16, 64]"],
+                 "matryoshka_batchtopk": ["k=4", "matryoshka_prefixes=[16, 64]", "matryoshka_weights=[0.5, 1.0]"]}
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +46,7 @@ def test_structural_sparsity_defaults_the_coefficient_to_zero_unless_given(make_
     (["activation=topk", "loss.sparsity.p=0", "loss.sparsity.coeff=1"],
      r"loss\.sparsity\.p=0 .* meaningless with activation='topk'"),
     (["activation=relu", "loss.sparsity.p=0"], r"loss\.sparsity\.p=0 .* meaningless with activation='relu'.*jumprelu"),
-    (["activation=relu", "k=8"], r"k is an option of activation batchtopk / topk, not of activation='relu'"),
+    (["activation=relu", "k=8"], r"k is an option of activation batchtopk / matryoshka_batchtopk / matryoshka_topk / topk, not of activation='relu'"),
     (["activation=topk", "jumprelu_bandwidth=0.1"], r"jumprelu_bandwidth is an option of activation jumprelu"),
     (["activation=topk", "k=0"], r"k=0 is invalid for activation='topk'"),
     (["activation=softmax"], r"activation='softmax' is unknown; valid choices: \['batchtopk', 'jumprelu'"),
@@ -122,7 +124,7 @@ def test_every_activation_trains_end_to_end_and_reloads(activation, make_config,
     metrics = trainer.train(config)
     l0 = metrics[f"l0/{SITE}"]
     assert 0 < l0 and torch.isfinite(torch.tensor(metrics["kl"]))
-    if activation == "topk":
+    if ACTIVATION_SPECS[activation].sparse_code:  # k per token exactly (topk, matryoshka_topk)
         assert l0 <= 4
     saved = json.loads((out / "final" / "config.json").read_text())
     assert saved["activation"] == activation

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hf_e2e_sae import SAEPatchedModel
+from hf_e2e_sae.sae.activations import ACTIVATION_SPECS
 from hf_e2e_sae.patching.architectures import architecture_for
 from hf_e2e_sae.patching.shared_prefix import lm_head, prefix_blocks
 from hf_e2e_sae.training.fused_kl import fused_unembed_kl
@@ -218,4 +219,32 @@ def test_recomputed_suffix_gives_the_same_loss_and_gradients_and_really_recomput
         assert len(calls) == (3 if recompute else 2)
     handle.remove()
     assert suffix_start(model) == 2 if arch == "llama" else 1
+    _assert_equal(*results)
+
+
+@pytest.mark.parametrize("preset", ["e2e", "e2e+ds", "local"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATION_SPECS))
+def test_fast_step_equals_reference_for_every_activation(activation, preset):
+    """Every registered activation (with its test options), two SAEs, the registered loss terms included: the fast
+    step's loss, terms and gradients equal the reference's (Matryoshka SAEs: one more pass per prefix in each)."""
+    from hf_e2e_sae.training.loss_terms import add_loss_terms, build_loss_terms
+    from test_activations import make_sae as make_activation_sae
+
+    saes = {site: make_activation_sae(activation, dict_size=4 * HIDDEN, seed=i)
+            for i, site in enumerate(["blocks.0.mlp_out", "blocks.1.resid_pre"])}
+    model = SAEPatchedModel(tiny_model("gpt2"), saes).train()
+    loss = LossConfig(preset=preset, sparsity={"coeff": 0.5}, auxk={"coeff": 0.3, "dead_after_tokens": 0})
+    downstream = default_downstream_sites(model.sites, LAYERS) if loss.downstream.coeff > 0 else []
+    results = []
+    for step in (reference_micro_batch_loss, micro_batch_loss):
+        model.zero_grad(set_to_none=True)
+        total, terms, outputs = step(model, model, random_ids(), loss, downstream, HIDDEN)
+        total, terms = add_loss_terms(build_loss_terms(loss), total, terms, outputs,
+                                      {site: model.sae(site) for site in outputs}, HIDDEN)
+        total.backward()
+        results.append((total.detach(), terms, {n: p.grad.clone() for n, p in model.saes.named_parameters()}))
+    if activation.startswith("matryoshka"):  # the prefixes' terms are there and not vacuous
+        names = {"local": ["matryoshka_reconstruction"], "e2e": ["matryoshka_kl"],
+                 "e2e+ds": ["matryoshka_kl", "matryoshka_downstream"]}[preset]
+        assert all(float(results[0][1][name]) > 0 for name in names), results[0][1]
     _assert_equal(*results)

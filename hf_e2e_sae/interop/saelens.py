@@ -3,7 +3,7 @@
 SAELens encodes `act(process(x) @ W_enc + b_enc)` with `process(x) = x - b_dec * apply_b_dec_to_input` and
 decodes `acts @ W_dec + b_dec`, with no decoder normalisation in the forward pass; `topk` keeps the k largest
 pre-activations and ReLUs them, `jumprelu` is `ReLU(pre) * (pre > threshold)` (BatchTopK and Matryoshka SAEs
-are saved as `jumprelu`). The hook name is TransformerLens's. SAELens trains on
+are saved as `jumprelu`; `saelens_matryoshka.py` reads and writes the Matryoshka layouts). The hook name is TransformerLens's. SAELens trains on
 `HookedTransformer.from_pretrained_no_processing` models (raw residuals) unless the SAE's
 `metadata.model_from_pretrained_kwargs` asks for `center_writing_weights`, in which case the SAE reads
 centred residuals: the import then sets `center_input`, and the export records it the same way.
@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from ..sae.model import SparseAutoencoder
 from ..sae.sites import parse_site
 from .registry import build_sae, register_format
+from .saelens_matryoshka import TRAINING_ARCHITECTURES, matryoshka_export, read_matryoshka
 from .sites import hub_model_name, site_from_hook_name, transformer_lens_hook_name, transformer_lens_model_name
 
 logger = logging.getLogger(__name__)
@@ -57,9 +58,9 @@ def _legacy_architecture(cfg: dict) -> str:
 
 def _check_supported(cfg: dict, metadata: dict, weights: dict, folder: Path) -> str:
     architecture = cfg.get("architecture") or _legacy_architecture(cfg)
-    if architecture not in _ACTIVATIONS:
+    if architecture not in _ACTIVATIONS and architecture not in TRAINING_ARCHITECTURES:
         raise NotImplementedError(f"{folder}: SAELens architecture {architecture!r} is not supported; "
-                                  f"supported: {sorted(_ACTIVATIONS)}")
+                                  f"supported: {sorted([*_ACTIVATIONS, *TRAINING_ARCHITECTURES])}")
     if cfg.get("normalize_activations", "none") not in (None, False, True, "none", "expected_average_only_in"):
         raise NotImplementedError(f"{folder}: normalize_activations={cfg['normalize_activations']!r} (per-token "
                                   "rescaling) is not supported; supported: none, expected_average_only_in")
@@ -92,18 +93,28 @@ def load(folder: Path, center_input: Optional[bool] = None, input_scale: float =
         logger.warning("%s: hook %r has no hf_e2e_sae site; the SAE loads without one.", folder, metadata.get("hook_name"))
     W_enc, b_enc, W_dec = weights["W_enc"].float(), weights["b_enc"].float(), weights["W_dec"].float()
     normalize_decoder = False
-    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+    matryoshka = read_matryoshka(architecture, cfg, metadata, weights, folder)
+    if matryoshka is not None:
+        scale = matryoshka.encoder_scale
+        W_enc, b_enc, normalize_decoder = W_enc * scale, b_enc * scale, matryoshka.normalize_decoder
+    elif architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
         # SAELens multiplies pre-activations by the decoder norms and decodes with unit-norm rows: the same SAE.
         norms = W_dec.norm(dim=-1)
         W_enc, b_enc, normalize_decoder = W_enc * norms, b_enc * norms, True
-    config = {"activation": _ACTIVATIONS[architecture], "site": site, "center_input": center_input,
+    config = {"activation": _ACTIVATIONS.get(architecture), "site": site, "center_input": center_input,
               "input_scale": input_scale, "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
               "normalize_decoder": normalize_decoder,
               "base_model_name_or_path": hub_model_name(metadata.get("model_name"))}
-    if architecture == "topk":
+    if matryoshka is not None:
+        config.update(matryoshka.options)
+    elif architecture == "topk":
         config["k"] = int(cfg["k"])
-    threshold = weights["threshold"].float() if architecture == "jumprelu" else None
-    return build_sae(config, W_enc.T, b_enc, W_dec.T, weights["b_dec"].float(), threshold)
+    threshold = weights["threshold"].float() if architecture == "jumprelu" and matryoshka is None else None
+    sae = build_sae(config, W_enc.T, b_enc, W_dec.T, weights["b_dec"].float(), threshold)
+    if matryoshka is not None and matryoshka.threshold is not None:
+        with torch.no_grad():
+            sae.activation.threshold.fill_(matryoshka.threshold)
+    return sae
 
 
 @torch.no_grad()
@@ -131,10 +142,11 @@ def export(sae: SparseAutoencoder, directory: Union[str, Path], model_name: Opti
     """Write `cfg.json` + `sae_weights.safetensors` that `sae_lens.SAE.load_from_disk` loads into an SAE whose
     `encode` / `decode` equal ours. `model_name` defaults to the SAE's base model (TransformerLens spelling)."""
     c = sae.config
-    architecture = {v: k for k, v in _ACTIVATIONS.items()}.get(c.activation)
+    matryoshka = matryoshka_export(sae)
+    architecture = matryoshka[0] if matryoshka else {v: k for k, v in _ACTIVATIONS.items()}.get(c.activation)
     if architecture is None:
-        raise NotImplementedError(f"activation {c.activation!r} has no SAELens architecture; "
-                                  f"exportable: {sorted(_ACTIVATIONS.values())}")
+        raise NotImplementedError(f"activation {c.activation!r} has no SAELens architecture; exportable: "
+                                  f"{sorted([*_ACTIVATIONS.values(), 'matryoshka_batchtopk', 'matryoshka_topk'])}")
     if c.site is None:
         raise ValueError("the SAE has no config.site: SAELens needs a hook_name; set sae.config.site first")
     weights, apply_b_dec = _export_weights(sae)
@@ -149,7 +161,11 @@ def export(sae: SparseAutoencoder, directory: Union[str, Path], model_name: Opti
                "model_from_pretrained_kwargs": {"center_writing_weights": bool(c.center_input)},
                "hf_base_model": c.base_model_name_or_path, "hf_base_model_revision": c.base_model_revision,
                "exported_by": "hf_e2e_sae"}}
-    if architecture == "topk":
+    if matryoshka:
+        cfg.update(matryoshka[1])
+        cfg["metadata"].update(matryoshka[2])
+        weights.update(matryoshka[3])
+    elif architecture == "topk":
         cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
     for name, tensor in weights.items():
         if not torch.isfinite(tensor).all():

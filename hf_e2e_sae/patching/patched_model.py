@@ -132,6 +132,7 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         self._saes_enabled = True
         self._sparse_records = False
         self._records: Optional[dict] = None
+        self._spliced: dict = {}  # {site: tensor spliced in instead of running its SAE} (`splicing`)
         self._handles = [
             add_hook(r.module, r.rewrite, self._make_sae_rewrite(site)) for site, r in resolved.items()
             if not is_transcoder(site_saes[site])
@@ -164,6 +165,8 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         def rewrite(x: torch.Tensor) -> Optional[torch.Tensor]:
             if not self._saes_enabled:
                 return None
+            if site in self._spliced:
+                return self._spliced[site].to(x.dtype)
             sae = self.saes[sae_key]
             out = sae(x.to(sae.dtype), sparse_output=self._sparse_records and not self._interventions)
             if self._interventions:  # steer() / ablate() (patching/interventions.py)
@@ -206,6 +209,22 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
             yield
         finally:
             self._sparse_records = previous
+
+    @contextlib.contextmanager
+    def splicing(self, replacements: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """SAE sites in `replacements` splice the given `(batch, seq, d)` tensor in, without running their SAE (a
+        Matryoshka prefix's reconstruction); the other SAEs run as usual, their running statistics (BatchTopK's
+        threshold: modules with `track_statistics`) left unchanged."""
+        tracking = [m for m in self.saes.modules() if getattr(m, "track_statistics", False)]
+        previous, self._spliced = self._spliced, {str(parse_site(s)): t for s, t in replacements.items()}
+        for module in tracking:
+            module.track_statistics = False
+        try:
+            yield
+        finally:
+            self._spliced = previous
+            for module in tracking:
+                module.track_statistics = True
 
     def train(self, mode: bool = True) -> "SAEPatchedModel":
         """Train mode applies to the SAEs only; the frozen base always stays in eval mode."""

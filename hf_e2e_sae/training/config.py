@@ -41,13 +41,19 @@ class TrainConfig(ConfigModel):
     dict_size: Optional[int] = None
     """Dictionary size; overrides dict_size_ratio when given."""
     activation: str = "relu"
-    """Latent activation: relu, topk, batchtopk, jumprelu (see hf_e2e_sae.sae.activations)."""
+    """Latent activation: relu, topk, batchtopk, jumprelu, matryoshka_topk, matryoshka_batchtopk (see
+    hf_e2e_sae.sae.activations)."""
     k: Optional[int] = None
-    """topk / batchtopk: latents kept per token (default 32)."""
+    """topk / batchtopk / matryoshka_*: latents kept per token (default 32)."""
     jumprelu_init_threshold: Optional[float] = None
     """jumprelu: initial threshold of every latent (default 0.001)."""
     jumprelu_bandwidth: Optional[float] = None
     """jumprelu: width of the straight-through rectangle kernel (default 0.001)."""
+    matryoshka_prefixes: Optional[list[int]] = None
+    """matryoshka_topk / matryoshka_batchtopk: sizes of the nested dictionary prefixes, strictly increasing, each <
+    dict_size (the whole dictionary is the last level), e.g. [128, 512, 2048]; required for those activations."""
+    matryoshka_weights: Optional[list[float]] = None
+    """matryoshka_*: the weight of each prefix's loss, one per entry of matryoshka_prefixes (default 1 each)."""
     output_sites: list[str] = Field(default_factory=list)
     """Transcoders: one site per entry of sites whose activation the reconstruction replaces (e.g. sites
     [blocks.2.mlp_in], output_sites [blocks.2.mlp_out]); empty = SAEs that reconstruct their own site."""

@@ -12,6 +12,7 @@ Fast (`micro_batch_loss`), the same loss and gradients (tests/test_fast_step.py 
     KL fused with the unembedding (`fused_unembed_kl`): logits chunk by chunk, the gradient w.r.t. the final
         hidden state made in the forward, never tokens x vocab logits with a graph.
 Local runs (no KL, no downstream term) stop after the last SAE in both paths and need no clean pass.
+Matryoshka SAEs add one pass per prefix in both paths, each run the path's own way (`training/matryoshka.py`).
 The fast path records TopK codes sparsely (`SAEPatchedModel.sparse_records`): k values and indices per token
 instead of two tokens x dict_size tensors (latents, pre-activations) held until the loss.
 """
@@ -25,7 +26,8 @@ import torch
 from ..patching.shared_prefix import (
     as_tokens, capturing_head_input, lm_head, prefix_blocks, recomputed_suffix, recording_prefix, replaying_prefix)
 from .fused_kl import auto_chunk_tokens, fused_unembed_kl
-from .losses import LossConfig, compute_losses, token_weights
+from .losses import LossConfig, compute_losses, kl_divergence, token_weights
+from .matryoshka import has_matryoshka, matryoshka_pass_losses
 from .sharding import full_tensor
 
 
@@ -42,6 +44,15 @@ def reference_micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossCo
                 stop_early=not loss.needs_logits)
     total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, orig_logits, out.cached_activations,
                                   orig_downstream, mask=attention_mask)
+    if loss.needs_logits and has_matryoshka(raw):
+        def run_pass():
+            passed = raw(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
+            kl = kl_divergence(orig_logits, passed.logits, attention_mask, loss.kl.chunk_tokens or auto_chunk_tokens(
+                passed.logits.shape[-1], passed.logits.device)) if loss.kl.coeff > 0 else None
+            return kl, passed.cached_activations
+
+        total, terms = _add(total, terms, matryoshka_pass_losses(raw, out.sae_outputs, loss, terms, run_pass,
+                                                                 orig_downstream, attention_mask))
     return total, terms, out.sae_outputs
 
 
@@ -62,16 +73,37 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
     recompute = recomputed_suffix(raw) if recompute_suffix else contextlib.nullcontext()
     with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae, raw.sparse_records(), recompute:
         out = model(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
-    kl = None
-    if head is not None and loss.kl.coeff > 0:
+
+    def fused_kl(h_sae):
+        if head is None or loss.kl.coeff == 0:
+            return None
         weights = token_weights(attention_mask, input_ids.shape, input_ids.device)
         chunk = loss.kl.chunk_tokens or auto_chunk_tokens(head.out_features, input_ids.device)
-        kl = fused_unembed_kl(as_tokens(h_sae["hidden"]), as_tokens(h_orig["hidden"]), full_tensor(head.weight),
-                              full_tensor(head.bias), weights, chunk,  # whole even if the base is sharded
-                              compile=loss.kl.compile)
+        return fused_unembed_kl(as_tokens(h_sae["hidden"]), as_tokens(h_orig["hidden"]), full_tensor(head.weight),
+                                full_tensor(head.bias), weights, chunk,  # whole even if the base is sharded
+                                compile=loss.kl.compile)
+
     total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, clean.logits, out.cached_activations,
-                                  clean.cached_activations, mask=attention_mask, kl_term=kl)
+                                  clean.cached_activations, mask=attention_mask, kl_term=fused_kl(h_sae))
+    if has_matryoshka(raw):  # one more pass per prefix, the same way (training/matryoshka.py)
+        def run_pass():
+            recompute = recomputed_suffix(raw) if recompute_suffix else contextlib.nullcontext()
+            with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_pass, raw.sparse_records(), recompute:
+                passed = raw(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
+            kl = fused_kl(h_pass) if head is not None else None if loss.kl.coeff == 0 else kl_divergence(
+                clean.logits, passed.logits, attention_mask, loss.kl.chunk_tokens or auto_chunk_tokens(
+                    passed.logits.shape[-1], passed.logits.device))
+            return kl, passed.cached_activations
+
+        total, terms = _add(total, terms, matryoshka_pass_losses(raw, out.sae_outputs, loss, terms, run_pass,
+                                                                 clean.cached_activations, attention_mask))
     return total, terms, out.sae_outputs
+
+
+def _add(total: torch.Tensor, terms: dict, extra: tuple) -> tuple:
+    """`(total + extra loss, terms with the extra logged values)`."""
+    loss, logged = extra
+    return total + loss, {**terms, **logged}
 
 
 @contextlib.contextmanager
