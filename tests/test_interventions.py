@@ -123,13 +123,15 @@ def test_gradients_flow_through_a_steered_sae():
     assert all(p.grad is None for p in model.base_model.parameters())
 
 
-def test_readme_steering_and_evaluate_blocks_run():
+def test_docs_steering_and_evaluate_blocks_run():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = [re.search(r"```python\n(.*?)```", text[text.index(h):], re.S).group(1)
-              for h in ("### Steering and ablation", "### `evaluate` integration")]
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    pages = [(docs / "tutorials" / "features.md", "## Steering and ablation"),
+             (docs / "concepts" / "method.md", "## The `evaluate` integration")]
+    blocks = [re.search(r"```python\n(.*?)```", page.read_text()[page.read_text().index(h):], re.S).group(1)
+              for page, h in pages]
     scope: dict = {}
     exec(compile(blocks[0], "README-steering", "exec"), scope)
     model, ids = scope["model"], scope["ids"]
@@ -138,4 +140,4 @@ def test_readme_steering_and_evaluate_blocks_run():
     assert scope["ablated"].sae_outputs["blocks.2.resid_pre"].latents[..., [5, 17]].abs().sum() == 0
     assert model._interventions is None
     exec(compile(blocks[1], "README-evaluate", "exec"), scope)
-    assert scope["results"]["n_tokens"] == ids.numel() and scope["results"]["l0"] > 0
+    assert scope["results"]["n_tokens"] == scope["ids"].numel() and scope["results"]["l0"] > 0
