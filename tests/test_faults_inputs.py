@@ -167,9 +167,9 @@ def test_checkpoint_file_swapped_for_one_of_the_same_size_is_refused(make_config
 
 
 @pytest.mark.parametrize("edit", [
-    lambda s: s.update(step="four"), lambda s: s.pop("samples"), lambda s: s.update(files=[1, 2]),
+    lambda s: s.update(step="four"), lambda s: s.pop("samples"), lambda s: s.update(samples="8"),
     lambda s: s.update(window_tokens=-5),
-], ids=["step_a_string", "no_samples", "files_a_list", "negative_window"])
+], ids=["step_a_string", "no_samples", "samples_a_string", "negative_window"])
 def test_edited_trainer_state_names_the_file(make_config, edit):
     path, out = _interrupted_run(make_config, "edited_state", 3)
     state_file = out / "checkpoints" / STEP2 / "trainer_state.json"
@@ -278,11 +278,11 @@ def _cli_cases(root: Path) -> dict:
                                         "blocks.3.resid_pre"], "blocks.3.resid_pre"),
         "browse damaged stats": (cli + ["browse", "--from-stats", str(root / "stats"), "--out", str(root / "o5")],
                                  "stats"),
-        "malformed override": (cli + ["train", "--data.load_kwargs", "{a: [1"], "data.load_kwargs"),
-        "huge dict_size": (cli + ["train", "dict_size=1000000000000"], "dict_size"),
-        "no eval split": (cli + ["train", "data.eval_split=validation"], "data.eval_split"),
-        "too little eval data": (cli + ["train", "data.n_eval_samples=1000000"], "data.n_eval_samples"),
-        "no text column": (cli + ["train", "data.text_column=body"], "data.text_column"),
+        "malformed override": (cli + ["train", "output_dir=o6", "--data.load_kwargs", "{a: [1"], "data.load_kwargs"),
+        "huge dict_size": (cli + ["train", "output_dir=o7", "dict_size=1000000000000"], "dict_size"),
+        "no eval split": (cli + ["train", "output_dir=o8", "data.eval_split=validation"], "data.eval_split"),
+        "too little eval data": (cli + ["train", "output_dir=o9", "data.n_eval_samples=1000000"], "data.n_eval_samples"),
+        "no text column": (cli + ["train", "output_dir=o10", "data.text_column=body"], "data.text_column"),
     }
 
 
