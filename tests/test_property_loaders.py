@@ -28,7 +28,7 @@ from hf_e2e_sae.training.config import TrainConfig, load_train_config
 KNOWN_ERRORS = (ValueError, NotImplementedError, OSError)
 MAX_PYTHON_BYTES = 32 * 2**20
 MAX_RSS_GROWTH_KB = 512 * 1024
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
