@@ -11,6 +11,7 @@ context_length chunks. Data that passes this bound but is still short is reporte
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
@@ -56,7 +57,13 @@ def _open_splits(config) -> Optional[tuple]:
     if path.startswith("builtin:"):
         from .pipeline import BUILTIN_DATASETS
 
-        splits = dict(BUILTIN_DATASETS[path]())
+        quiet = logging.getLogger("hf_e2e_sae.data")  # the corpus logs its size when the run builds its data
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            splits = dict(BUILTIN_DATASETS[path]())
+        finally:
+            quiet.setLevel(level)
     elif is_saved_dataset(path):
         import datasets
 
