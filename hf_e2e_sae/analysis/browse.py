@@ -76,7 +76,22 @@ def save_all(stats_list: list, links: dict, stats_dir: Path) -> None:
 
 
 def load_all(stats_dir: Path) -> tuple:
-    """The saved statistics of `save_all` (ordered as saved) and their nearest-feature links."""
+    """The saved statistics of `save_all` (ordered as saved) and their nearest-feature links; damaged or incomplete
+    statistics are a one-line `ValueError` naming the folder (`OSError` for a missing one)."""
+    from safetensors import SafetensorError
+
+    if not Path(stats_dir).is_dir():
+        raise FileNotFoundError(f"--from-stats {stats_dir}: no such folder")
+    try:
+        return _load_all(Path(stats_dir))
+    except (SafetensorError, KeyError, IndexError, TypeError, ValueError, StopIteration, AttributeError,
+            RuntimeError, OSError) as e:
+        detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise ValueError(f"--from-stats {stats_dir}: damaged or incomplete statistics ({detail}); rebuild them "
+                         "with `hf-e2e-sae browse RUN --out DIR`") from None
+
+
+def _load_all(stats_dir: Path) -> tuple:
     folders = sorted((p for p in stats_dir.glob("sae*") if p.is_dir()), key=lambda p: int(p.name[3:]))
     stats_list = [FeatureStats.load(f, next(f.glob("*.json")).stem) for f in folders]
     raw = load_file(str(stats_dir / NEAREST_FILE))

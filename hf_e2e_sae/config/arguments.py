@@ -21,6 +21,8 @@ from typing import Any, Iterator, Optional, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .safe_yaml import YAMLLimitError, safe_load
+
 __all__ = ["ConfigError", "ConfigModel", "format_help", "is_help_requested", "load_config", "parse_overrides",
            "save_yaml", "to_dict"]
 
@@ -90,15 +92,25 @@ def _cli_value(key: str, raw: Optional[str], annotation: Any) -> Any:
     if stripped.lower() in ("null", "none", "~") and (annotation is None or _accepts(annotation, (type(None),))):
         return None
     if stripped[:1] in ("[", "{"):
-        return yaml.safe_load(raw)
+        return _override_yaml(key, raw)
     if annotation is not None and _accepts(annotation, (list, tuple)) and not _accepts(annotation, (str,)):
         return [part.strip() for part in raw.split(",") if part.strip()]
     if annotation is not None and _accepts(annotation, (str,)):
         return raw
     try:
-        return yaml.safe_load(raw) if stripped else raw
+        return safe_load(raw) if stripped else raw
+    except YAMLLimitError as e:
+        raise ConfigError(f"'--{key}': {e}") from None
     except yaml.YAMLError:
         return raw
+
+
+def _override_yaml(key: str, raw: str) -> Any:
+    """A `[...]` / `{...}` override value read as YAML; a syntax error is a one-line `ConfigError` naming the key."""
+    try:
+        return safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"'--{key}': cannot read {raw!r} as YAML ({' '.join(str(e).split())})") from None
 
 
 def _split_tokens(args: list) -> Iterator[tuple[str, Optional[str], str]]:
@@ -215,8 +227,8 @@ def load_config(cls: type[T], path: Union[str, Path, None] = None, overrides: Op
         if not file.is_file():
             raise ConfigError(f"Config file not found: {file}")
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
+            loaded = safe_load(file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"Could not parse YAML config {file}: {' '.join(str(e).split())}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"Config file {file} must hold a mapping at top level, got {type(loaded).__name__}")

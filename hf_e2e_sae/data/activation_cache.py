@@ -42,6 +42,7 @@ from ..patching.base_models import BUILTIN_PREFIX, config_hash, resolve_base_mod
 from ..sae.sites import parse_site
 from ..config.arguments import ConfigError, to_dict
 from ..runs.redaction import redact_secrets
+from .cache_integrity import check_integrity, seal
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,11 @@ def read_manifest(path) -> dict:
     if not file.is_file():
         raise ValueError(f"{path} exists but is not a complete activation cache (no {MANIFEST}): delete it or "
                          "choose another folder")
-    manifest = json.loads(file.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{file} is damaged ({' '.join(str(e).split())}): delete the cache to rebuild it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(f"{path}/{MANIFEST} is not a version-{VERSION} hf_e2e_sae activation cache")
     return manifest
 
@@ -126,6 +130,7 @@ def check_cache(path, config, base_config) -> dict:
     if missing:
         raise ValueError(f"{path} was built for sites {manifest['sites']}, this run trains {missing[0]!r}: "
                          "choose another folder (it is built there) or delete this one")
+    check_integrity(path, manifest)  # shards as the manifest says (dtype, width), content hashes (cache_integrity)
     return manifest
 
 
@@ -218,6 +223,7 @@ def _write_cache(model, batches: Iterable[torch.Tensor], folder: Path, identity:
                 "d_in": int(model.sae(sites[0]).config.d_in), "dtype": str(writer.dtype).removeprefix("torch."),
                 "n_chunks": len(hashes), "n_tokens": len(hashes) * identity["context_length"],
                 "n_samples_read": n_samples, "n_shards": writer.n_shards}
+    manifest = seal(manifest, folder)  # content hashes of every shard, and of the manifest itself
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     return manifest
 

@@ -16,6 +16,8 @@ from typing import Optional
 import yaml
 
 from ..sae.model import SparseAutoencoder
+from ..config.safe_yaml import safe_load
+from .checked import check_tensors, optional_str
 from .registry import build_sae, load_torch_weights, register_format
 from .sites import hub_model_name, site_from_hook_name
 
@@ -36,13 +38,19 @@ def _model_name(folder: Path) -> Optional[str]:
     config_file = folder / "final_config.yaml"
     if not config_file.is_file():
         return None
-    config = yaml.safe_load(config_file.read_text()) or {}
-    return hub_model_name(config.get("tlens_model_name"))
+    try:
+        config = safe_load(config_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file}: cannot be read as YAML ({' '.join(str(e).split())})"[:500]) from None
+    return hub_model_name(optional_str(config.get("tlens_model_name"))) if isinstance(config, dict) else None
 
 
 def load(folder: Path, site: Optional[str] = None, checkpoint: Optional[str] = None) -> SparseAutoencoder:
     """The SAE at `site` (needed when the checkpoint holds several) from the last `samples_N.pt` (or `checkpoint`)."""
-    path = folder / checkpoint if checkpoint else _checkpoints(folder)[-1]
+    checkpoints = _checkpoints(folder)
+    path = folder / checkpoint if checkpoint else (checkpoints[-1] if checkpoints else folder / "samples_N.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
     state = load_torch_weights(path)
     prefixes = sorted({key.split(".", 1)[0] for key in state if key.endswith(".encoder.0.weight")})
     if not prefixes:
@@ -50,7 +58,13 @@ def load(folder: Path, site: Optional[str] = None, checkpoint: Optional[str] = N
     by_site = {site_from_hook_name(prefix) or prefix: prefix for prefix in prefixes}
     if site is None and len(prefixes) > 1:
         raise ValueError(f"{path} holds SAEs at {sorted(by_site)}: pass site= to choose one")
+    if site is not None and (site_from_hook_name(site) or site) not in by_site:
+        raise ValueError(f"{path} holds no SAE at site {site!r}; it holds {sorted(by_site)}")
     chosen = by_site[site_from_hook_name(site) or site] if site is not None else prefixes[0]
+    names = {f"{chosen}.{part}": symbols for part, symbols in (
+        ("encoder.0.weight", ("n_dict", "d_in")), ("encoder.0.bias", ("n_dict",)),
+        ("decoder.weight", ("d_in", "n_dict")), ("decoder.bias", ("d_in",)))}
+    check_tensors(path, state, names)
     config = {"activation": "relu", "site": site_from_hook_name(chosen), "center_input": True,
               "normalize_decoder": True, "base_model_name_or_path": _model_name(folder)}
     return build_sae(config, state[f"{chosen}.encoder.0.weight"].float(), state[f"{chosen}.encoder.0.bias"].float(),

@@ -19,6 +19,7 @@ import torch
 from ..runs.layout import resolve_saved_path
 from ..sae.config import SAEConfig
 from ..sae.model import SparseAutoencoder
+from .checked import check_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,14 @@ def register_format(name: str, detect: Callable[[Path], bool], load: Callable[..
 def load_torch_weights(path: Union[str, Path]) -> dict:
     """A `torch.save`d state dict, unpickled with `weights_only=True` (tensors and plain containers only)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError: anything that is not plain weights
+        message = " ".join(str(error).split())[:500]
         raise ValueError(f"{path}: refused to unpickle (not a plain tensor state dict; only weights_only=True "
-                         f"loading is allowed): {error}") from error
+                         f"loading is allowed): {message}") from None
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise ValueError(f"{path}: not a state dict (a mapping of tensor names to tensors)")
+    return state
 
 
 def resolve_folder(path_or_repo_id: Union[str, os.PathLike], subfolder: Optional[str] = None,
@@ -101,10 +106,18 @@ def load_sae(path_or_repo_id: Union[str, os.PathLike], subfolder: Optional[str] 
 
 def build_sae(config: dict, encoder_weight: torch.Tensor, encoder_bias: torch.Tensor, decoder_weight: torch.Tensor,
               decoder_bias: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> SparseAutoencoder:
-    """Our SAE from foreign tensors in our layout: encoder `(dict_size, d_in)`, decoder `(d_in, dict_size)`."""
+    """Our SAE from foreign tensors in our layout: encoder `(dict_size, d_in)`, decoder `(d_in, dict_size)`.
+
+    The loaders check the tensors in their format's names first (`checked.check_tensors`); this checks them again
+    in ours, so no tensor is ever broadcast into a parameter of another shape."""
+    tensors = {"encoder weight": encoder_weight, "encoder bias": encoder_bias, "decoder weight": decoder_weight,
+               "decoder bias": decoder_bias}
+    spec = {"encoder weight": ("dict_size", "d_in"), "encoder bias": ("dict_size",),
+            "decoder weight": ("d_in", "dict_size"), "decoder bias": ("d_in",)}
+    if threshold is not None:
+        tensors["threshold"], spec["threshold"] = threshold, ("dict_size",)
+    check_tensors("imported SAE", tensors, spec)
     dict_size, d_in = encoder_weight.shape
-    if decoder_weight.shape != (d_in, dict_size):
-        raise ValueError(f"decoder weight has shape {tuple(decoder_weight.shape)}, expected {(d_in, dict_size)}")
     sae_config = SAEConfig(d_in=d_in, dict_size=dict_size, init_decoder_orthogonal=False, **config)
     sae = SparseAutoencoder(sae_config)
     with torch.no_grad():

@@ -17,10 +17,11 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..sae.model import SparseAutoencoder
 from ..sae.sites import parse_site
+from .checked import check_tensors, mapping, optional_str, positive_int, read_json, read_safetensors
 from .registry import build_sae, register_format
 from .saelens_matryoshka import TRAINING_ARCHITECTURES, matryoshka_export, read_matryoshka
 from .sites import hub_model_name, site_from_hook_name, transformer_lens_hook_name, transformer_lens_model_name
@@ -37,9 +38,9 @@ def detect(folder: Path) -> bool:
     return (folder / CFG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
 
 
-def _flat_metadata(cfg: dict) -> dict:
+def _flat_metadata(cfg: dict, where: Path) -> dict:
     """v6 keeps model facts under `metadata`; older configs keep them at the top level."""
-    metadata = dict(cfg.get("metadata") or {})
+    metadata = dict(mapping(cfg.get("metadata"), "metadata", where))
     for key in ("hook_name", "model_name", "hook_head_index", "model_from_pretrained_kwargs", "model_class_name"):
         metadata.setdefault(key, cfg.get(key))
     if metadata.get("hook_name") is None and cfg.get("hook_point"):
@@ -50,7 +51,8 @@ def _flat_metadata(cfg: dict) -> dict:
 def _legacy_architecture(cfg: dict) -> str:
     """Pre-6 flat configs name TopK through `activation_fn` (as SAELens's own `handle_pre_6_0_config` reads them)."""
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str"))
-    if activation == "topk" and (cfg.get("activation_fn_kwargs") or {}).get("k") is not None:
+    if activation == "topk" and isinstance(cfg.get("activation_fn_kwargs"), dict) and \
+            cfg["activation_fn_kwargs"].get("k") is not None:
         cfg["k"] = cfg["activation_fn_kwargs"]["k"]
         return "topk"
     return "standard"
@@ -58,7 +60,8 @@ def _legacy_architecture(cfg: dict) -> str:
 
 def _check_supported(cfg: dict, metadata: dict, weights: dict, folder: Path) -> str:
     architecture = cfg.get("architecture") or _legacy_architecture(cfg)
-    if architecture not in _ACTIVATIONS and architecture not in TRAINING_ARCHITECTURES:
+    if not isinstance(architecture, str) or (architecture not in _ACTIVATIONS
+                                             and architecture not in TRAINING_ARCHITECTURES):
         raise NotImplementedError(f"{folder}: SAELens architecture {architecture!r} is not supported; "
                                   f"supported: {sorted([*_ACTIVATIONS, *TRAINING_ARCHITECTURES])}")
     if cfg.get("normalize_activations", "none") not in (None, False, True, "none", "expected_average_only_in"):
@@ -67,7 +70,7 @@ def _check_supported(cfg: dict, metadata: dict, weights: dict, folder: Path) -> 
     if cfg.get("reshape_activations", "none") != "none" or metadata.get("hook_head_index") is not None:
         raise NotImplementedError(f"{folder}: attention-head SAEs (hook_z / hook_head_index) are not supported")
     scaling = weights.get("scaling_factor")
-    if scaling is not None and not torch.allclose(scaling, torch.ones_like(scaling)):
+    if scaling is not None and not (scaling.dtype.is_floating_point and torch.equal(scaling, torch.ones_like(scaling))):
         raise NotImplementedError(f"{folder}: a per-latent finetuning scaling_factor is not supported")
     return architecture
 
@@ -78,17 +81,21 @@ def load(folder: Path, center_input: Optional[bool] = None, input_scale: float =
     `center_input` overrides the metadata's rule; `input_scale` is the constant of an
     `expected_average_only_in` SAE (SAELens's `norm_scaling_factor`), which its files do not hold.
     """
-    cfg = json.loads((folder / CFG_NAME).read_text())
-    metadata = _flat_metadata(cfg)
-    weights = load_file(str(folder / WEIGHTS_NAME))
+    cfg = read_json(folder / CFG_NAME)
+    metadata = _flat_metadata(cfg, folder / CFG_NAME)
+    weights_file = folder / WEIGHTS_NAME
+    weights = read_safetensors(weights_file)
     architecture = _check_supported(cfg, metadata, weights, folder)
+    spec = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
+    check_tensors(weights_file, weights, {**spec, "threshold": ("d_sae",)} if architecture == "jumprelu" else spec)
     if cfg.get("normalize_activations") in ("expected_average_only_in", True) and input_scale == 1.0:
         logger.warning("%s: normalize_activations='expected_average_only_in': like SAE.load_from_disk, no scaling "
                        "is applied; scale the inputs yourself or set config.input_scale.", folder)
-    pretrained_kwargs = metadata.get("model_from_pretrained_kwargs") or {}
+    pretrained_kwargs = mapping(metadata.get("model_from_pretrained_kwargs"), "model_from_pretrained_kwargs", folder)
     if center_input is None:
         center_input = pretrained_kwargs.get("center_writing_weights") is True
-    site = site_from_hook_name(metadata["hook_name"]) if metadata.get("hook_name") else None
+    hook_name = optional_str(metadata.get("hook_name"))
+    site = site_from_hook_name(hook_name) if hook_name else None
     if site is None:
         logger.warning("%s: hook %r has no hf_e2e_sae site; the SAE loads without one.", folder, metadata.get("hook_name"))
     W_enc, b_enc, W_dec = weights["W_enc"].float(), weights["b_enc"].float(), weights["W_dec"].float()
@@ -104,11 +111,11 @@ def load(folder: Path, center_input: Optional[bool] = None, input_scale: float =
     config = {"activation": _ACTIVATIONS.get(architecture), "site": site, "center_input": center_input,
               "input_scale": input_scale, "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
               "normalize_decoder": normalize_decoder,
-              "base_model_name_or_path": hub_model_name(metadata.get("model_name"))}
+              "base_model_name_or_path": hub_model_name(optional_str(metadata.get("model_name")))}
     if matryoshka is not None:
         config.update(matryoshka.options)
     elif architecture == "topk":
-        config["k"] = int(cfg["k"])
+        config["k"] = positive_int(cfg.get("k"), "k", folder / CFG_NAME)
     threshold = weights["threshold"].float() if architecture == "jumprelu" and matryoshka is None else None
     sae = build_sae(config, W_enc.T, b_enc, W_dec.T, weights["b_dec"].float(), threshold)
     if matryoshka is not None and matryoshka.threshold is not None:

@@ -13,9 +13,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from safetensors.torch import load_file
-
 from ..sae.model import SparseAutoencoder
+from .checked import check_tensors, positive_int, read_json, read_safetensors
 from .registry import build_sae, register_format
 from .sites import site_from_hook_name
 
@@ -33,24 +32,27 @@ def _run_model_name(folder: Path) -> Optional[str]:
         return None
     try:
         model = json.loads(run_config.read_text()).get("model")
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, AttributeError):
         return None
     return model if isinstance(model, str) else None
 
 
 def load(folder: Path) -> SparseAutoencoder:
     """Our SAE with sparsify's latents and reconstructions."""
-    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg = read_json(folder / "cfg.json")
     for flag in ("transcode", "skip_connection"):
         if cfg.get(flag):
             raise NotImplementedError(f"{folder}: sparsify {flag}=true is not supported (SAEs only)")
-    if cfg.get("activation", "topk") != "topk":
+    if cfg.get("activation", "topk") is not None and cfg.get("activation", "topk") != "topk":
         raise NotImplementedError(f"{folder}: sparsify activation {cfg.get('activation')!r} is not supported; supported: topk")
-    weights = load_file(str(folder / "sae.safetensors"))
+    weights_file = folder / "sae.safetensors"
+    weights = read_safetensors(weights_file)
+    check_tensors(weights_file, weights, {"encoder.weight": ("num_latents", "d_in"), "encoder.bias": ("num_latents",),
+                                          "W_dec": ("num_latents", "d_in"), "b_dec": ("d_in",)})
     site = site_from_hook_name(folder.name)
     if site is None:
         logger.warning("%s: hookpoint %r has no hf_e2e_sae site; the SAE loads without one.", folder, folder.name)
-    config = {"activation": "topk", "k": int(cfg.get("k", 32)), "site": site, "apply_b_dec_to_input": True,
+    config = {"activation": "topk", "k": positive_int(cfg.get("k", 32), "k", folder / "cfg.json"), "site": site, "apply_b_dec_to_input": True,
               "normalize_decoder": False, "base_model_name_or_path": _run_model_name(folder)}
     return build_sae(config, weights["encoder.weight"].float(), weights["encoder.bias"].float(),
                      weights["W_dec"].float().T, weights["b_dec"].float())

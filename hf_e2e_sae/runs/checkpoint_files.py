@@ -9,12 +9,15 @@
     train_config.yaml         the run's config, credentials redacted
     data_state_<rank>.json    streamed data only: the process's position in its share of the stream (JSON)
     trainer_state.json        step, samples (the data position), window; written LAST, with every other
-                              file's size: a checkpoint is complete when it and all the files it lists are
+                              file's size and sha256: a checkpoint is complete when it and all the files it
+                              lists are, with those sizes and hashes (a file swapped for another of the same
+                              size is refused); model.safetensors' metadata repeats step and samples
 
 Every error names the file. Nothing here unpickles anything.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -92,9 +95,12 @@ def read_data_state(folder: Path, rank: int) -> Optional[dict]:
     return _read(path, lambda p: json.loads(p.read_text())) if path.is_file() else None
 
 
-def write_main_files(folder: Path, saes: dict, optimizer, scheduler, scaler, window: dict, config_yaml: str) -> None:
-    """The main process's files, all but trainer_state.json (which `write_state_file` writes last)."""
-    write_file(folder / MODEL_FILE, lambda: save_safetensors(saes, metadata={"format": "pt"}))
+def write_main_files(folder: Path, saes: dict, optimizer, scheduler, scaler, window: dict, config_yaml: str,
+                     counters: Optional[dict] = None) -> None:
+    """The main process's files, all but trainer_state.json (which `write_state_file` writes last); `counters`
+    (step, samples) go into model.safetensors' metadata, so an edited trainer_state.json is found."""
+    metadata = {"format": "pt", **{k: str(v) for k, v in (counters or {}).items() if k in ("step", "samples")}}
+    write_file(folder / MODEL_FILE, lambda: save_safetensors(saes, metadata=metadata))
     write_file(folder / OPTIMIZER_FILE, lambda: _torch_bytes(optimizer.state_dict()))
     write_file(folder / SCHEDULER_FILE, lambda: _json_bytes(scheduler.state_dict()))
     if scaler is not None:
@@ -103,10 +109,56 @@ def write_main_files(folder: Path, saes: dict, optimizer, scheduler, scaler, win
     write_file(folder / CONFIG_FILE, lambda: config_yaml.encode())
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_state_file(folder: Path, state: dict) -> None:
-    """trainer_state.json, listing every other file with its size (the completeness record)."""
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name != STATE_FILE}
-    write_file(folder / STATE_FILE, lambda: _json_bytes({"format": FORMAT, **state, "files": files}))
+    """trainer_state.json, listing every other file with its size and sha256 (the completeness record)."""
+    paths = [p for p in sorted(folder.iterdir()) if p.name != STATE_FILE]
+    files = {p.name: p.stat().st_size for p in paths}
+    hashes = {p.name: file_sha256(p) for p in paths}
+    write_file(folder / STATE_FILE, lambda: _json_bytes({"format": FORMAT, **state, "files": files, "sha256": hashes}))
+
+
+_COUNTERS = ("step", "samples", "window_tokens")
+
+
+def _state_problem(state_path: Path, state) -> Optional[str]:
+    """Why the parsed trainer_state.json is not one this library wrote (edited or garbled), or None."""
+    if not isinstance(state, dict):
+        return f"{state_path} is damaged (not a JSON object)"
+    for key in _COUNTERS:
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{state_path} is damaged or edited ({key}={value!r}; a non-negative int was written)"
+    files, hashes = state.get("files"), state.get("sha256", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              and v >= 0 for k, v in files.items()):
+        return f"{state_path} is damaged or edited (files must map file names to sizes)"
+    if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
+        return f"{state_path} is damaged or edited (sha256 must map file names to hex digests)"
+    if any("/" in name or "\\" in name or name in ("", ".", "..") for name in files):
+        return f"{state_path} is damaged or edited (a listed file is not in the checkpoint folder)"
+    return None
+
+
+def _counters_problem(folder: Path, state: dict) -> Optional[str]:
+    """model.safetensors records the step and samples it was written at; trainer_state.json must agree."""
+    try:
+        with safe_open(str(folder / MODEL_FILE), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        return f"{folder / MODEL_FILE} is damaged ({e})"
+    for key in ("step", "samples"):
+        if key in metadata and metadata[key] != str(state[key]):
+            return (f"{folder / STATE_FILE} says {key}={state[key]}, but {MODEL_FILE} was written at {key}="
+                    f"{metadata[key]} (edited, or the files of two checkpoints mixed)")
+    return None
 
 
 def checkpoint_problem(folder: Path, expected: Optional[dict] = None, check_config=None) -> Optional[str]:
@@ -122,9 +174,12 @@ def checkpoint_problem(folder: Path, expected: Optional[dict] = None, check_conf
         return f"{state_path} is missing (the checkpoint was never completed, or predates this format)"
     try:
         state = json.loads(state_path.read_text())
-        files = dict(state["files"])
-    except (ValueError, KeyError, TypeError) as e:
-        return f"{state_path} is damaged ({e})"
+    except (ValueError, OSError) as e:
+        return f"{state_path} is damaged ({' '.join(str(e).split())})"
+    problem = _state_problem(state_path, state)
+    if problem:
+        return problem
+    files, hashes = state["files"], state.get("sha256", {})
     for name in (MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, CONFIG_FILE):
         if name not in files:
             return f"{state_path} does not list {name}"
@@ -140,7 +195,11 @@ def checkpoint_problem(folder: Path, expected: Optional[dict] = None, check_conf
             return f"{path} is missing"
         if path.stat().st_size != size:
             return f"{path} is truncated or changed ({path.stat().st_size} bytes, {size} were written)"
-    return None
+    for name, digest in hashes.items():
+        if (folder / name).is_file() and file_sha256(folder / name) != digest:
+            return (f"{folder / name} does not match the sha256 {STATE_FILE} records for it (changed, or swapped "
+                    "for another run's file, after the checkpoint was written)")
+    return _counters_problem(folder, state) if (folder / MODEL_FILE).is_file() else None
 
 
 def _model_file_problem(path: Path, expected: dict) -> Optional[str]:

@@ -115,7 +115,7 @@ def save_checkpoint(run) -> Path:
         if acc.is_main_process:
             window = {site: fired for site, fired in state.fired.items() if fired is not None}
             files.write_main_files(tmp, {k: v.contiguous().cpu() for k, v in saes.items()}, run.optimizer,
-                                   run.scheduler, acc.scaler, window, config_yaml(config))
+                                   run.scheduler, acc.scaler, window, config_yaml(config), state.counters())
         acc.wait_for_everyone()
         if acc.is_main_process:
             files.write_state_file(tmp, state.counters())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..patching.architectures import check_site, num_blocks
+from ..patching.architectures import check_site, hidden_size, num_blocks
 from ..patching.base_models import resolve_base_model
 from ..patching.remote_code import RemoteCodeError, load_base_config
 from ..config.arguments import ConfigError
@@ -15,6 +15,7 @@ from ..sae.hub_interface import hub_function
 from ..data.activation_cache import check_cache
 from .config import TrainConfig
 from .finetune import check_initial_sae
+from ..data.data_check import check_data_source
 from ..data.local_files import check_local_files, local_source
 from .losses import default_downstream_sites
 from .sharding import check_sharding
@@ -68,6 +69,33 @@ def check_data(config: TrainConfig) -> None:
     local = local_source(config.data.path)
     if local is not None:
         check_local_files(*local, config.data.text_column, config.data.tokenized_column)
+    check_data_source(config.data)  # splits, columns, enough data for n_eval_samples (where cheap to open)
+
+
+BYTES_PER_SAE_PARAMETER = 16
+"""fp32 parameter + gradient + Adam's two moments."""
+
+
+def memory_limit() -> tuple:
+    """(bytes, what) the SAEs must fit in: the GPU's memory when training on one, else this machine's RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, "GPU memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+
+
+def check_dictionary_size(config: TrainConfig, base_config) -> None:
+    """A dictionary whose parameters, gradients and Adam state cannot fit in memory is refused before it is built."""
+    d_in = hidden_size(base_config)
+    field = "dict_size" if config.dict_size is not None else "dict_size_ratio"
+    dict_size = config.dict_size if config.dict_size is not None else max(1, round(config.dict_size_ratio * d_in))
+    needed = len(config.sites) * 2 * dict_size * d_in * BYTES_PER_SAE_PARAMETER
+    limit, what = memory_limit()
+    if needed > limit:
+        raise ConfigError(f"{field}={getattr(config, field)}: {len(config.sites)} SAE(s) of {dict_size} latents x "
+                          f"d_in={d_in} need about {needed / 1e9:.3g} GB for parameters, gradients and Adam state, "
+                          f"more than this machine's {limit / 1e9:.3g} GB of {what}; choose a smaller {field}")
 
 
 def check_init_from(config: TrainConfig) -> None:
@@ -97,5 +125,6 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
     check_init_from(config)
     base_config = _base_model_config(config)
     check_sites(config, base_config)
+    check_dictionary_size(config, base_config)
     check_downstream(config, base_config)
     check_activation_cache(config, base_config)

@@ -34,7 +34,7 @@ from ..sae.model import SparseAutoencoder
 from ..sae.sparse_code import firing
 from .cached_step import cached_micro_batch_loss, cached_train_loader
 from .architecture_config import activation_options
-from ..config.arguments import to_dict
+from ..config.arguments import ConfigError, to_dict
 from ..runs.checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
 from .config import TrainConfig
 from ..data.pipeline import build_datasets, create_dataloader
@@ -178,7 +178,10 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
     run.output_dir_lock = lock
     run.optimizer = make_optimizer(run.model.sae_parameters(), config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
-    train_ds, eval_ds = build_datasets(config.data, run.tokenizer, config.total_samples, config.seed)
+    try:
+        train_ds, eval_ds = build_datasets(config.data, run.tokenizer, config.total_samples, config.seed)
+    except ValueError as e:  # too little data, ... (what preflight could not know): one line, exit 2
+        raise ConfigError(f"data: {' '.join(str(e).split())}") from None
     run.sae_parameters = list(run.model.sae_parameters())
     run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
     # The scheduler counts our optimizer steps (not prepared: accelerate would step it per process).
