@@ -53,6 +53,8 @@ class TrainConfig(ConfigModel):
     output_sites: list[str] = Field(default_factory=list)
     """Transcoders: one site per entry of sites whose activation the reconstruction replaces (e.g. sites
     [blocks.2.mlp_in], output_sites [blocks.2.mlp_out]); empty = SAEs that reconstruct their own site."""
+    skip_connection: bool = False
+    """Skip transcoders: add a zero-initialised affine skip term `W_skip x` to each reconstruction (SAEConfig)."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
     init_from: Optional[str] = None

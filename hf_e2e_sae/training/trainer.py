@@ -82,7 +82,8 @@ def build_patched_model(config: TrainConfig) -> tuple:
             d_in=hidden_size(base.config), dict_size=config.dict_size, dict_size_ratio=config.dict_size_ratio,
             activation=config.activation, site=site, base_model_name_or_path=portable_base_name(base_cfg.name_or_path),
             base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal,
-            output_site=config.output_sites[i] if config.output_sites else None, **activation_options(config)))
+            output_site=config.output_sites[i] if config.output_sites else None,
+            skip_connection=config.skip_connection, **activation_options(config)))
     return SAEPatchedModel(base, saes), tokenizer
 
 
