@@ -1,0 +1,188 @@
+"""Cross-layer transcoders (`CrossLayerTranscoder`, `CLTPatchedModel`).
+
+Checked: the maths (`y_j = b_dec[j] + sum_{i<=j} W_dec[i->j] c_i`, jointly unit-norm decoders); the patched forward
+reads each layer's MLP input of the patched run, replaces every MLP output, records one `SiteOutput` per layer;
+a CLT built from a ReLU MLP's own weights gives KL 0; TopK's L0 is exact per layer; gradients reach every CLT
+parameter (cross-layer decoders included) and no base parameter; the local loss is the sum of per-layer MSEs;
+the fast step equals the reference step; save/load (alone through AutoModel, patched through
+`SAEPatchedModel.from_pretrained`) round-trips; misuse is a clear error.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from hf_e2e_sae import CLTConfig, CLTPatchedModel, CrossLayerTranscoder, SAEPatchedModel, evaluate
+from hf_e2e_sae.training.losses import LossConfig, compute_losses, kl_divergence, mse_loss
+from test_fast_step import _assert_equal
+from test_transcoders import _relu_gpt2
+from tiny_models import HIDDEN, random_ids, tiny_model
+
+LAYERS = [0, 1, 2]
+SITES = [f"blocks.{layer}.mlp_in" for layer in LAYERS]
+
+
+def make_clt(layers=LAYERS, seed: int = 0, **kwargs) -> CrossLayerTranscoder:
+    torch.manual_seed(seed)
+    clt = CrossLayerTranscoder(CLTConfig(d_in=HIDDEN, dict_size=24, layers=layers, **kwargs))
+    with torch.no_grad():
+        clt.b_dec.normal_(0, 0.1)
+    return clt
+
+
+def test_reconstruction_sums_every_earlier_layers_decoded_latents():
+    clt = make_clt()
+    xs = [torch.randn(2, 5, HIDDEN) for _ in LAYERS]
+    out = clt(xs)
+    norms = [clt.decoder_weights(i).pow(2).sum(dim=(0, 2)).sqrt() for i in range(3)]
+    for norm in norms:  # each latent's decoder vectors have joint unit norm over the layers it writes
+        torch.testing.assert_close(norm, torch.ones_like(norm))
+    for j in range(3):
+        expected = clt.b_dec[j] + sum(
+            torch.relu(xs[i] @ clt.encoders[i].weight.T + clt.encoders[i].bias) @ clt.decoder_weights(i)[j - i]
+            for i in range(j + 1))
+        torch.testing.assert_close(out.reconstructions[j], expected)
+    assert [tuple(d.shape) for d in clt.decoders] == [(3, 24, HIDDEN), (2, 24, HIDDEN), (1, 24, HIDDEN)]
+
+
+def test_patched_forward_reads_patched_inputs_and_records_each_layer():
+    base = tiny_model("gpt2")
+    ids = random_ids()
+    with torch.no_grad():
+        clean_logits = base(ids).logits
+    model = CLTPatchedModel(base, make_clt())
+    with torch.no_grad():
+        with model.saes_disabled():
+            clean = model(ids, cache_sites=SITES)
+            torch.testing.assert_close(clean.logits, clean_logits, rtol=0, atol=0)
+            assert clean.sae_outputs == {}
+        out = model(ids, cache_sites=SITES)
+    assert list(out.sae_outputs) == SITES and model.sites == SITES
+    clt = model.clt
+    latents = [clt.encode_layer(i, out.cached_activations[s])[1] for i, s in enumerate(SITES)]
+    for j, site in enumerate(SITES):
+        record = out.sae_outputs[site]
+        torch.testing.assert_close(record.source, out.cached_activations[site])  # this run's MLP input
+        torch.testing.assert_close(record.latents, latents[j])
+        torch.testing.assert_close(record.reconstruction, clt.decode_layer(j, latents))
+    torch.testing.assert_close(out.cached_activations[SITES[0]], clean.cached_activations[SITES[0]])
+    # layer 1 reads the patched run's MLP input, which differs once layer 0's output was replaced
+    assert not torch.allclose(out.cached_activations[SITES[1]], clean.cached_activations[SITES[1]])
+    assert not torch.allclose(out.logits, clean_logits)
+
+
+@torch.no_grad()
+def test_a_clt_made_of_the_mlps_own_weights_gives_kl_zero_and_cross_layer_terms_add():
+    base = _relu_gpt2()
+    clt = CrossLayerTranscoder(CLTConfig(d_in=HIDDEN, dict_size=4 * HIDDEN, layers=LAYERS, normalize_decoder=False))
+    for i, layer in enumerate(LAYERS):
+        mlp = base.transformer.h[layer].mlp  # GPT-2 Conv1D: weight (in, out)
+        clt.encoders[i].weight.copy_(mlp.c_fc.weight.T)
+        clt.encoders[i].bias.copy_(mlp.c_fc.bias)
+        clt.decoders[i].zero_()
+        clt.decoders[i][0].copy_(mlp.c_proj.weight)
+        clt.b_dec[i].copy_(mlp.c_proj.bias)
+    model = CLTPatchedModel(base, clt)
+    ids = random_ids(4, 16)
+    with model.saes_disabled():
+        clean = model(ids).logits
+    out = model(ids)
+    assert float(kl_divergence(clean, out.logits)) < 1e-6
+    for record in out.sae_outputs.values():
+        torch.testing.assert_close(record.reconstruction, record.target, atol=1e-5, rtol=1e-5)
+    clt.decoders[0][2].normal_(0, 0.1)  # now layer 0's latents also write into layer 2's MLP output
+    moved = model(ids).sae_outputs[SITES[2]]
+    assert (moved.reconstruction - moved.target).abs().max() > 1e-2
+
+
+def test_topk_l0_is_exact_per_layer_and_evaluate_reports_every_layer():
+    model = CLTPatchedModel(tiny_model("gpt2"), make_clt(activation="topk", k=3))
+    with torch.no_grad():
+        out = model(random_ids())
+    for record in out.sae_outputs.values():
+        assert ((record.latents != 0).sum(-1) == 3).all()
+    metrics = evaluate(model, [random_ids()])
+    for site in SITES:
+        assert metrics[f"l0/{site}"] == pytest.approx(3.0)
+        assert f"explained_variance/{site}" in metrics
+    assert metrics["kl"] > 0
+
+
+def test_gradients_reach_every_clt_parameter_and_no_base_parameter():
+    base = tiny_model("llama")
+    model = CLTPatchedModel(base, make_clt())
+    ids = random_ids()
+    with torch.no_grad(), model.saes_disabled():
+        clean = model(ids).logits
+    kl_divergence(clean, model(ids).logits).backward()
+    for name, param in model.clt.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in base.parameters())
+    assert {id(p) for p in model.sae_parameters()} == {id(p) for p in model.clt.parameters()}
+
+
+def test_local_loss_is_the_sum_of_per_layer_mses():
+    model = CLTPatchedModel(tiny_model("gpt2"), make_clt())
+    out = model(random_ids(), stop_early=True)
+    assert out.logits is None and list(out.sae_outputs) == SITES
+    _, terms = compute_losses(LossConfig(preset="local"), out.sae_outputs, HIDDEN)
+    expected = sum(mse_loss(o.reconstruction, o.target) for o in out.sae_outputs.values())
+    torch.testing.assert_close(terms["reconstruction"], expected.detach())
+
+
+@pytest.mark.parametrize("preset", ["local", "e2e", "e2e+ds"])
+@pytest.mark.parametrize("layers, kwargs", [(LAYERS, {}), ([1, 2], {"activation": "topk", "k": 4})])
+def test_fast_step_equals_reference(preset, layers, kwargs):
+    model = CLTPatchedModel(tiny_model("gpt2"), make_clt(layers, **kwargs))
+    downstream = [] if preset != "e2e+ds" else ["blocks.2.resid_post"]
+    ids = random_ids()
+    from hf_e2e_sae.training.step import micro_batch_loss, reference_micro_batch_loss
+
+    results = []
+    for step in (reference_micro_batch_loss, micro_batch_loss):
+        model.zero_grad(set_to_none=True)
+        total, terms, _ = step(model, model, ids, LossConfig(preset=preset), downstream, HIDDEN)
+        total.backward()
+        results.append((total.detach(), terms, {n: p.grad.clone() for n, p in model.saes.named_parameters()}))
+    _assert_equal(*results)
+
+
+def test_save_load_round_trip_alone_and_patched(tmp_path):
+    model = CLTPatchedModel(tiny_model("gpt2"), make_clt(activation="topk", k=4))
+    model.save_pretrained(tmp_path)
+    manifest = json.loads((tmp_path / "hf_e2e_sae.json").read_text())
+    assert manifest["family"] == "cross_layer_transcoder" and list(manifest["saes"]) == SITES
+    alone = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(alone, CrossLayerTranscoder) and alone.config.layers == LAYERS and alone.config.k == 4
+    for name, tensor in model.clt.state_dict().items():
+        torch.testing.assert_close(alone.state_dict()[name], tensor, rtol=0, atol=0)
+    reloaded = SAEPatchedModel.from_pretrained(tmp_path, base_model=tiny_model("gpt2"))
+    assert isinstance(reloaded, CLTPatchedModel) and reloaded.output_sites == [f"blocks.{l}.mlp_out" for l in LAYERS]
+    ids = random_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_layer_views_serve_per_site_readers():
+    model = CLTPatchedModel(tiny_model("gpt2"), make_clt())
+    view = model.sae("blocks.1.hook_mlp_in")
+    assert (view.config.site, view.config.output_site, view.config.dict_size) == ("blocks.1.mlp_in", "blocks.1.mlp_out", 24)
+    assert view.dictionary.shape == (24, HIDDEN)
+    torch.testing.assert_close(view.dictionary.norm(dim=-1), torch.ones(24))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: CLTConfig(d_in=HIDDEN, dict_size=8, layers=[2, 1]), ValueError, "layers must be distinct"),
+    (lambda: CLTConfig(d_in=HIDDEN, dict_size=0, layers=[0]), ValueError, "dict_size"),
+    (lambda: CLTConfig(d_in=HIDDEN, dict_size=8, activation="nope"), ValueError, "activation='nope'"),
+    (lambda: CLTPatchedModel(tiny_model("gpt2"), make_clt([0, 7])), ValueError, "7"),
+    (lambda: CLTPatchedModel(tiny_model("gpt2"), CrossLayerTranscoder(CLTConfig(d_in=8, dict_size=8))), ValueError,
+     "hidden size"),
+    (lambda: CLTPatchedModel(tiny_model("gpt2"), make_clt()).steer({SITES[0]: {0: 1.0}}), NotImplementedError, "steer"),
+])
+def test_misuse_is_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
