@@ -13,13 +13,14 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForCausalLM
 
 from hf_e2e_sae import CLTConfig, CLTPatchedModel, CrossLayerTranscoder, SAEPatchedModel, evaluate
 from hf_e2e_sae.training.losses import LossConfig, compute_losses, kl_divergence, mse_loss
 from test_fast_step import _assert_equal
 from test_transcoders import _relu_gpt2
 from tiny_models import HIDDEN, random_ids, tiny_model
+from train_fixtures import fresh_accelerate, make_config, tiny_assets  # noqa: F401  (fixtures by name)
 
 LAYERS = [0, 1, 2]
 SITES = [f"blocks.{layer}.mlp_in" for layer in LAYERS]
@@ -186,3 +187,43 @@ def test_layer_views_serve_per_site_readers():
 def test_misuse_is_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.fixture
+def _clean_accelerate(fresh_accelerate):
+    yield
+
+
+@pytest.mark.parametrize("preset", ["local", "e2e"])
+def test_the_trainer_trains_a_clt_and_reloads_it(preset, make_config, tiny_assets, _clean_accelerate):
+    import hf_e2e_sae.training.trainer as trainer
+    from hf_e2e_sae.training.config import load_train_config
+
+    path, out = make_config(f"clt_{preset}", n_samples=32, save_every_samples=None, cross_layer=True,
+                            sites=["blocks.0.mlp_in", "blocks.1.mlp_in"], dict_size=32, loss={"preset": preset})
+    metrics = trainer.train(load_train_config(path))
+    for site in ["blocks.0.mlp_in", "blocks.1.mlp_in"]:
+        assert metrics[f"l0/{site}"] > 0 and f"explained_variance/{site}" in metrics
+    saved = json.loads((out / "final" / "config.json").read_text())
+    assert (saved["model_type"], saved["layers"], saved["dict_size"]) == ("hf_e2e_sae_clt", [0, 1], 32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_assets.base_dir)
+    loaded = SAEPatchedModel.from_pretrained(out / "final", base_model=base)
+    assert isinstance(loaded, CLTPatchedModel) and loaded.sites == ["blocks.0.mlp_in", "blocks.1.mlp_in"]
+    fresh = CrossLayerTranscoder(loaded.clt.config)
+    assert not torch.allclose(loaded.clt.decoders[0], fresh.decoders[0])  # trained, not a fresh init
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"sites": ["blocks.1.mlp_in", "blocks.0.mlp_in"]}, "l increasing"),
+    ({"sites": ["blocks.0.resid_pre"]}, "mlp_in"),
+    ({"output_sites": ["blocks.0.mlp_out", "blocks.2.mlp_out"]}, "output_sites must be empty or"),
+    ({"activation": "topk", "k": 2, "loss": {"preset": "local", "auxk": {"coeff": 0.1}}}, "loss.auxk.coeff"),
+])
+def test_bad_cross_layer_configs_name_the_field(overrides, message, make_config):
+    from hf_e2e_sae.training.config import load_train_config
+
+    base = {"cross_layer": True, "sites": ["blocks.0.mlp_in", "blocks.1.mlp_in"]}
+    path, _ = make_config("bad", **{**base, **overrides})
+    with pytest.raises(Exception, match=message):
+        load_train_config(path)

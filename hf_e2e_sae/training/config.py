@@ -55,6 +55,9 @@ class TrainConfig(ConfigModel):
     [blocks.2.mlp_in], output_sites [blocks.2.mlp_out]); empty = SAEs that reconstruct their own site."""
     skip_connection: bool = False
     """Skip transcoders: add a zero-initialised affine skip term `W_skip x` to each reconstruction (SAEConfig)."""
+    cross_layer: bool = False
+    """One cross-layer transcoder instead of one dictionary per site: sites are `blocks.<l>.mlp_in` (increasing l),
+    output_sites the matching `blocks.<l>.mlp_out` (or empty); dict_size(_ratio) is per layer."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
     init_from: Optional[str] = None

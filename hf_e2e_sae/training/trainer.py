@@ -38,6 +38,7 @@ from ..config.arguments import to_dict
 from ..runs.checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
 from .config import TrainConfig
 from ..data.pipeline import build_datasets, create_dataloader, skip_samples
+from .cross_layer_setup import build_clt_patched_model
 from .finetune import load_initial_sae
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
@@ -75,6 +76,8 @@ def build_patched_model(config: TrainConfig) -> tuple:
     base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype))
     if initial is not None:
         return SAEPatchedModel(base, {config.sites[0]: initial}), tokenizer
+    if config.cross_layer:
+        return build_clt_patched_model(config, base), tokenizer
     saes = {}
     for i, site in enumerate(config.sites):
         set_seed(config.seed + i)  # identical on every process
