@@ -227,3 +227,48 @@ def test_bad_cross_layer_configs_name_the_field(overrides, message, make_config)
     path, _ = make_config("bad", **{**base, **overrides})
     with pytest.raises(Exception, match=message):
         load_train_config(path)
+
+
+# ------------------------------------------------------------------------------------------ hub and browser
+def _saved_clt_run(folder):
+    """A run folder like the trainer's final/: a CLT on the built-in tiny model plus a train_config.yaml."""
+    import yaml
+
+    from hf_e2e_sae.patching.base_models import TINY_LM_DIR
+
+    base = AutoModelForCausalLM.from_pretrained(str(TINY_LM_DIR))
+    torch.manual_seed(0)
+    clt = CrossLayerTranscoder(CLTConfig(d_in=base.config.hidden_size, dict_size=40, layers=[0, 1],
+                                         base_model_name_or_path="builtin:tiny-shakespeare-gpt2"))
+    model = CLTPatchedModel(base, clt)
+    model.save_pretrained(folder)
+    (folder / "train_config.yaml").write_text(yaml.safe_dump({
+        "cross_layer": True, "loss": {"preset": "e2e"},
+        "data": {"path": "builtin:shakespeare", "split": "train", "eval_split": "test", "context_length": 64}}))
+    return model, folder
+
+
+def test_push_to_the_hub_reload_and_browse(hub, hf_cache, hf_token, tmp_path):
+    from hf_e2e_sae.cli import main as cli_main
+    from hf_e2e_sae.hub.push import push_run_to_hub
+
+    model, run = _saved_clt_run(tmp_path / "run" / "final")
+    repo_id = hub.unique_repo_id("clt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. huggingface_hub's "update multiple times the same file"
+        push_run_to_hub(run, repo_id)
+    reloaded = SAEPatchedModel.from_pretrained(repo_id)  # the base model named in the manifest, built in
+    assert isinstance(reloaded, CLTPatchedModel)
+    ids = random_ids(seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    from huggingface_hub import hf_hub_download
+
+    card = open(hf_hub_download(repo_id, "README.md")).read()
+    assert "blocks.0.mlp_in" in card and "blocks.1.mlp_in" in card
+    assert cli_main(["browse", repo_id, "--out", str(tmp_path / "site"), "--n-tokens", "320", "--top-n", "4"]) == 0
+    data = tmp_path / "site" / "data"
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert {p.name for p in data.iterdir() if p.is_dir()} >= {"sae0", "sae1"}  # one dictionary per CLT layer

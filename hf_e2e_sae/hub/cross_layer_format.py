@@ -43,6 +43,12 @@ def save_clt_patched_model(model: CLTPatchedModel, save_directory, **kwargs: Any
     logger.info("Saved a cross-layer transcoder (%d layers) to %s", len(model.sites), save_directory)
 
 
+def site_configs(path: str, **hub_kwargs: Any) -> dict:
+    """`{site: SAEConfig}` of the saved CLT's layers (what a model card describes per site)."""
+    config = CLTConfig.from_pretrained(path, **hub_kwargs)
+    return {site: config.layer_config(i) for i, site in enumerate(config.sites)}
+
+
 def load_clt_patched_model(cls, path: str, manifest: dict, base_model: Optional[nn.Module], subfolder: str,
                            hub_kwargs: dict, dtype: Any = None, base_model_kwargs: Optional[dict] = None):
     """The `CLTPatchedModel` saved at `path` (`format.load_patched_model`'s arguments, manifest already read)."""

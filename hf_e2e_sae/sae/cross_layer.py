@@ -122,8 +122,9 @@ class CLTLayer:
 
     @property
     def dictionary(self) -> torch.Tensor:
-        """`(dict_size, d_in)`: each latent's unit-norm direction in its own layer's MLP output."""
-        return F.normalize(self.clt.decoders[self.index][0], dim=-1)
+        """`(dict_size, d_in)`: the unit-norm direction of each latent's total write into the residual stream (the
+        sum of its decoder vectors over every layer it writes to: what its direct logit effect reads)."""
+        return F.normalize(self.clt.decoder_weights(self.index).sum(dim=0), dim=-1)
 
 
 class CrossLayerTranscoder(PreTrainedModel):

@@ -47,10 +47,6 @@ def check_architecture(config) -> None:
             "loss.sparsity.coeff=0.")
     _check_auxk(loss.auxk)
     _check_output_sites(config)
-    if getattr(config, "cross_layer", False):
-        from .cross_layer_setup import check_cross_layer
-
-        check_cross_layer(config)
 
 
 def _check_auxk(auxk) -> None:

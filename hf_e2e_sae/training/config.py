@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from ..sae.sites import parse_site
 from ..config.arguments import ConfigError, ConfigModel, load_config
 from .architecture_config import apply_activation_defaults, check_architecture
+from .cross_layer_setup import check_cross_layer
 from ..data.pipeline import DataConfig
 from .finetune import check_init_from
 from .losses import LossConfig
@@ -172,6 +173,8 @@ def check_train_config(config: TrainConfig) -> None:
             raise ValueError(f"loss.downstream.sites: {site!r} is not after the last SAE site {canonical}")
     check_init_from(config)
     check_architecture(config)
+    if config.cross_layer:
+        check_cross_layer(config)
     if config.activation_cache is not None:
         _check_activation_cache(config)
     if config.push_to_hub and not config.hub_repo_id:
