@@ -195,7 +195,7 @@ def _clean_accelerate(fresh_accelerate):
     yield
 
 
-@pytest.mark.parametrize("preset", ["local", "e2e"])
+@pytest.mark.parametrize("preset", ["local"])  # e2e: test_architecture_training.py, over every family
 def test_the_trainer_trains_a_clt_and_reloads_it(preset, make_config, tiny_assets, _clean_accelerate):
     import hf_e2e_sae.training.trainer as trainer
     from hf_e2e_sae.training.config import load_train_config

@@ -3,8 +3,8 @@
 Checked: a fresh skip transcoder equals the plain transcoder with the same weights; the skip term is exactly
 `x @ W_skip.T` in the dense and the sparse (TopK) forward; gradients reach `W_skip` and no base parameter; the
 fast step equals the reference step; save/load and the patched save/load round-trip it; sparsify's skip
-transcoders load with identical outputs and ours export to a folder sparsify loads with identical outputs; the
-trainer trains one from `skip_connection: true` and reloads it.
+transcoders load with identical outputs and ours export to a folder sparsify loads with identical outputs. (The
+trainer's `skip_connection: true` is trained in test_architecture_training.py, over every dictionary family.)
 """
 from __future__ import annotations
 
@@ -14,22 +14,14 @@ import pytest
 import torch
 from sparsify import SparseCoder, SparseCoderConfig
 
-import hf_e2e_sae.training.trainer as trainer
 from hf_e2e_sae import SAEConfig, SAEPatchedModel, SparseAutoencoder
 from hf_e2e_sae.interop import export_sae, load_sae
-from hf_e2e_sae.training.config import load_train_config
 from hf_e2e_sae.training.losses import LossConfig, kl_divergence
 from test_fast_step import _assert_equal, _both
 from tiny_models import HIDDEN, random_ids, tiny_model
-from train_fixtures import fresh_accelerate, make_config, tiny_assets  # noqa: F401  (fixtures by name)
 
 MLP_IN, MLP_OUT = "blocks.1.mlp_in", "blocks.1.mlp_out"
 TIGHT = {"rtol": 1e-5, "atol": 1e-5}
-
-
-@pytest.fixture(autouse=True)
-def _clean_accelerate(fresh_accelerate):
-    yield
 
 
 def skip_transcoder(seed: int = 0, skip: bool = True, random_skip: bool = True, **kwargs) -> SparseAutoencoder:
@@ -139,12 +131,3 @@ def test_export_to_sparsify_loads_back_in_sparsify_with_identical_outputs(tmp_pa
 def test_export_to_sparsify_refuses_what_it_cannot_write(tmp_path):
     with pytest.raises(NotImplementedError, match="activation 'relu'"):
         export_sae(skip_transcoder(), tmp_path, format="sparsify")
-
-
-def test_the_trainer_trains_a_skip_transcoder_and_reloads_it(make_config, tiny_assets):
-    path, out = make_config("skip", n_samples=32, save_every_samples=None, sites=[MLP_IN], output_sites=[MLP_OUT],
-                            skip_connection=True, loss={"preset": "e2e"})
-    metrics = trainer.train(load_train_config(path))
-    assert metrics["kl"] > 0 and f"explained_variance/{MLP_IN}" in metrics
-    loaded = SparseAutoencoder.from_pretrained(out / "final")
-    assert loaded.config.skip_connection and loaded.W_skip.abs().sum() > 0  # trained away from its zero init
