@@ -272,3 +272,15 @@ def test_push_to_the_hub_reload_and_browse(hub, hf_cache, hf_token, tmp_path):
     data = tmp_path / "site" / "data"
     assert (tmp_path / "site" / "index.html").is_file()
     assert {p.name for p in data.iterdir() if p.is_dir()} >= {"sae0", "sae1"}  # one dictionary per CLT layer
+
+
+def test_the_docs_python_blocks_run():
+    """docs/concepts/transcoders.md: every ```python block (not `notest`) runs offline and its asserts hold."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "transcoders.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"transcoders.md-block-{i}", "exec"), {})
