@@ -284,3 +284,22 @@ def test_the_docs_python_blocks_run():
     assert len(blocks) == 2
     for i, code in enumerate(blocks):
         exec(compile(code, f"transcoders.md-block-{i}", "exec"), {})
+
+
+def test_an_interrupted_clt_run_resumes_to_the_uninterrupted_result(make_config, _clean_accelerate):
+    """Checkpoints hold the CLT's parameters (saes.clt.*); stop + resume equals one uninterrupted run."""
+    import hf_e2e_sae.training.trainer as trainer
+    from hf_e2e_sae.training.config import load_train_config
+
+    overrides = dict(n_samples=32, save_every_samples=16, cross_layer=True, dict_size=16,
+                     sites=["blocks.0.mlp_in", "blocks.1.mlp_in"], loss={"preset": "local"})
+    path_a, out_a = make_config("clt_whole", **overrides)
+    metrics_a = trainer.train(load_train_config(path_a))
+    path_b, out_b = make_config("clt_parts", **overrides)
+    assert trainer.train(load_train_config(path_b, ["--stop_after_steps", "2"])) == {}
+    metrics_b = trainer.train(load_train_config(path_b, ["--resume_from_checkpoint", "latest"]))
+    a = CrossLayerTranscoder.from_pretrained(out_a / "final")
+    b = CrossLayerTranscoder.from_pretrained(out_b / "final")
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], tensor, rtol=0, atol=1e-6)
+    assert metrics_b == pytest.approx(metrics_a, rel=1e-6, abs=1e-7)
