@@ -128,6 +128,9 @@ def test_export_to_sparsify_loads_back_in_sparsify_with_identical_outputs(tmp_pa
         torch.testing.assert_close(load_sae(folder)(x).reconstruction, tc(x).reconstruction, **TIGHT)
 
 
-def test_export_to_sparsify_refuses_what_it_cannot_write(tmp_path):
+def test_exports_refuse_what_they_cannot_write(tmp_path):
     with pytest.raises(NotImplementedError, match="activation 'relu'"):
         export_sae(skip_transcoder(), tmp_path, format="sparsify")
+    with pytest.raises(NotImplementedError, match="not transcoders or skip transcoders"):
+        export_sae(skip_transcoder(activation="topk", k=4), tmp_path / "saelens", format="saelens")
+    assert not (tmp_path / "saelens").exists()  # nothing written
