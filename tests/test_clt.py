@@ -99,6 +99,28 @@ def test_a_clt_made_of_the_mlps_own_weights_gives_kl_zero_and_cross_layer_terms_
     assert (moved.reconstruction - moved.target).abs().max() > 1e-2
 
 
+@torch.no_grad()
+def test_zero_cross_layer_decoders_make_a_chain_of_transcoders():
+    from hf_e2e_sae import SAEConfig, SparseAutoencoder
+
+    clt = make_clt([1, 2])
+    transcoders = []
+    for i, layer in enumerate([1, 2]):
+        clt.decoders[i][1:].zero_()
+        tc = SparseAutoencoder(SAEConfig(d_in=HIDDEN, dict_size=24, site=f"blocks.{layer}.mlp_in",
+                                         output_site=f"blocks.{layer}.mlp_out"))
+        tc.encoder.load_state_dict(clt.encoders[i].state_dict())
+        tc.decoder.weight.copy_(clt.decoders[i][0].T)
+        tc.decoder.bias.copy_(clt.b_dec[i])
+        transcoders.append(tc)
+    ids = random_ids()
+    chained = SAEPatchedModel(tiny_model("gpt2"), transcoders)(ids)
+    crossed = CLTPatchedModel(tiny_model("gpt2"), clt)(ids)
+    torch.testing.assert_close(crossed.logits, chained.logits)
+    for site in crossed.sae_outputs:
+        torch.testing.assert_close(crossed.sae_outputs[site].latents, chained.sae_outputs[site].latents)
+
+
 def test_topk_l0_is_exact_per_layer_and_evaluate_reports_every_layer():
     model = CLTPatchedModel(tiny_model("gpt2"), make_clt(activation="topk", k=3))
     with torch.no_grad():
