@@ -45,7 +45,7 @@ def validate_clt_config(base_config, config) -> None:
 def add_clt_hooks(model: "CLTPatchedModel", clt: CrossLayerTranscoder) -> list:
     """Hooks that splice `clt` into `model`'s base model; returns their handles."""
     base, sites, output_sites = model.base_model, clt.config.sites, clt.config.output_sites
-    kept: dict = {}  # per layer: (source, pre, latents) of the current forward pass
+    kept: dict = {}  # per layer: (source, pre, latents, decoder weights) of the current forward pass
 
     def reader(i: int):
         def read(x: torch.Tensor) -> None:
@@ -54,15 +54,15 @@ def add_clt_hooks(model: "CLTPatchedModel", clt: CrossLayerTranscoder) -> list:
             if i == 0:
                 kept.clear()  # a new forward pass (or one interrupted earlier): nothing stale survives
             pre, latents = clt.encode_layer(i, x.to(clt.dtype))
-            kept[i] = (x, pre, latents)
+            kept[i] = (x, pre, latents, clt.decoder_weights(i))  # normalised once per pass
         return read
 
     def writer(j: int):
         def write(y: torch.Tensor) -> Optional[torch.Tensor]:
             if not model._saes_enabled:
                 return None
-            reconstruction = clt.decode_layer(j, [kept[i][2] for i in range(j + 1)])
-            x, pre, latents = kept[j]
+            reconstruction = clt.decode_layer(j, [kept[i][2] for i in range(j + 1)], [kept[i][3] for i in range(j + 1)])
+            x, pre, latents, _ = kept[j]
             if j == len(sites) - 1:
                 kept.clear()  # no activation outlives its forward pass
             if model._records is not None:

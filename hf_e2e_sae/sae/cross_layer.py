@@ -167,11 +167,14 @@ class CrossLayerTranscoder(PreTrainedModel):
         pre = self.encoders[i](hidden_states)
         return pre, self.activations[i](pre)
 
-    def decode_layer(self, j: int, latents: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Layer `j`'s reconstruction from the latents of layers `0..j` (`latents[i]` for i <= j)."""
+    def decode_layer(self, j: int, latents: Sequence[torch.Tensor],
+                     weights: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Layer `j`'s reconstruction from the latents of layers `0..j` (`latents[i]` for i <= j). `weights[i]`:
+        `decoder_weights(i)` if already computed in this pass (each is normalised once, not once per target)."""
         out = self.b_dec[j]
         for i in range(j + 1):
-            out = out + latents[i] @ self.decoder_weights(i)[j - i]
+            weight = weights[i] if weights is not None else self.decoder_weights(i)
+            out = out + latents[i] @ weight[j - i]
         return out
 
     def forward(self, hidden_states: Sequence[torch.Tensor], return_dict: bool = True) -> CLTOutput:
@@ -179,7 +182,8 @@ class CrossLayerTranscoder(PreTrainedModel):
         if len(hidden_states) != len(self.config.layers):
             raise ValueError(f"CrossLayerTranscoder: {len(hidden_states)} inputs for {len(self.config.layers)} layers")
         pres, latents = zip(*(self.encode_layer(i, x) for i, x in enumerate(hidden_states)))
-        reconstructions = [self.decode_layer(j, latents) for j in range(len(latents))]
+        weights = [self.decoder_weights(i) for i in range(len(latents))]
+        reconstructions = [self.decode_layer(j, latents, weights) for j in range(len(latents))]
         if not return_dict:
             return (list(latents), reconstructions)
         return CLTOutput(latents=list(latents), reconstructions=reconstructions, pre_activations=list(pres))
