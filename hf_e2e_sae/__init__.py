@@ -20,6 +20,7 @@ _EXPORTS = {
     "parse_site": ".sae", "register_activation": ".sae",
     "LossConfig": ".training.losses", "compute_losses": ".training.losses", "kl_divergence": ".training.losses",
     "mse_loss": ".training.losses", "sparsity_loss": ".training.losses",
+    "CLTPatchedModel": ".patching.cross_layer", "CLTConfig": ".sae.cross_layer", "CrossLayerTranscoder": ".sae.cross_layer",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -4,7 +4,8 @@
 `AutoModel.from_pretrained(saved_sae)` must work as if the classes had been registered eagerly. So: if transformers
 is already imported, register now; otherwise register the moment transformers' top-level import finishes, through
 a one-shot import hook (a meta-path finder that wraps transformers' loader and removes itself). When it is one of
-our own modules that imports transformers, `sae/model.py` registers at the end of its import instead (registering
+our own modules that imports transformers, `sae/model.py` and `sae/cross_layer.py` register at the end of their
+import instead (registering
 in the middle of our own import chain would import half-initialised modules).
 """
 from __future__ import annotations
@@ -22,10 +23,13 @@ def register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModel
 
     from .sae.config import SAEConfig
+    from .sae.cross_layer import CLTConfig, CrossLayerTranscoder
     from .sae.model import SparseAutoencoder
 
     AutoConfig.register(SAEConfig.model_type, SAEConfig, exist_ok=True)
     AutoModel.register(SAEConfig, SparseAutoencoder, exist_ok=True)
+    AutoConfig.register(CLTConfig.model_type, CLTConfig, exist_ok=True)
+    AutoModel.register(CLTConfig, CrossLayerTranscoder, exist_ok=True)
 
 
 class _RegisterAfterLoad(importlib.abc.Loader):

@@ -19,6 +19,7 @@ from hf_e2e_sae.sae.activations.batchtopk import BatchTopKActivation
 from hf_e2e_sae.sae.activations.jumprelu import JumpReLUActivation
 from hf_e2e_sae.training.config import TrainConfig
 from hf_e2e_sae.training.losses import kl_divergence
+from dictionary_families import FAMILIES, FAMILY_NAMES
 from tiny_models import HIDDEN, random_ids, tiny_model
 
 ACTIVATION_NAMES = sorted(ACTIVATION_SPECS)
@@ -237,3 +238,35 @@ def test_push_and_load_from_the_hub_gives_identical_latents(activation, hub, hf_
 def test_bad_activation_options_name_option_and_activation(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         SparseAutoencoder(SAEConfig(d_in=8, dict_size=64, **kwargs))
+
+
+# --------------------------------------------------------------- every family x every activation (dictionary_families)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_every_family_has_exact_l0_gradients_only_into_it_and_round_trips(family, activation, tmp_path):
+    base = tiny_model("gpt2")
+    model = FAMILIES[family](base, activation, **TEST_OPTIONS.get(activation, {})).train()
+    ids = random_ids(4, 16)
+    with torch.no_grad(), model.saes_disabled():
+        clean = model(ids).logits
+    out = model(ids)
+    assert list(out.sae_outputs) == model.sites
+    if activation == "topk":  # structural: exactly k per token wherever k pre-activations are positive
+        for record in out.sae_outputs.values():
+            positive = (record.pre_activations > 0).sum(-1).clamp(max=4)
+            assert torch.equal((record.latents != 0).sum(-1), positive)
+    kl_divergence(clean, out.logits).backward()
+    for name, param in model.saes.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{family}/{activation}: no gradient for {name}"
+    assert all(p.grad is None for p in base.parameters())
+    model.eval()
+    with torch.no_grad():
+        before = model(ids)
+    model.save_pretrained(tmp_path)
+    loaded = SAEPatchedModel.from_pretrained(tmp_path, base_model=tiny_model("gpt2")).eval()
+    assert type(loaded) is type(model) and loaded.sites == model.sites
+    with torch.no_grad():
+        after = loaded(ids)
+    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=0)
+    for site in model.sites:
+        assert torch.equal(after.sae_outputs[site].latents, before.sae_outputs[site].latents)

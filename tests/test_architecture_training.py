@@ -184,3 +184,35 @@ def test_readme_topk_command_reduced_trains_with_l0_at_most_k_and_reloads_identi
     with torch.no_grad():
         latents = loaded(captured["ids"]).sae_outputs["blocks.2.resid_pre"].latents
     assert torch.equal(latents, captured["latents"])
+
+
+# Training-config fields that select each family of tests/dictionary_families.py (a new family adds its entry).
+FAMILY_TRAIN_OVERRIDES = {
+    "sae": {},
+    "transcoder": {"sites": ["blocks.1.mlp_in"], "output_sites": ["blocks.1.mlp_out"]},
+    "skip_transcoder": {"sites": ["blocks.1.mlp_in"], "output_sites": ["blocks.1.mlp_out"], "skip_connection": True},
+    "cross_layer_transcoder": {"sites": ["blocks.0.mlp_in", "blocks.1.mlp_in"], "cross_layer": True},
+}
+
+
+def test_every_family_has_train_overrides():
+    from dictionary_families import FAMILY_NAMES
+
+    assert sorted(FAMILY_TRAIN_OVERRIDES) == FAMILY_NAMES
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TRAIN_OVERRIDES))
+def test_every_family_trains_e2e_and_reloads_identically(family, make_config, tiny_assets):
+    path, out = make_config(f"family_{family}", n_samples=32, save_every_samples=None, loss={"preset": "e2e"},
+                            activation="topk", k=4, **FAMILY_TRAIN_OVERRIDES[family])
+    run_sites = FAMILY_TRAIN_OVERRIDES[family].get("sites", [SITE])
+    metrics = trainer.train(load_train_config(path))
+    assert metrics["kl"] > 0 and all(0 < metrics[f"l0/{site}"] <= 4 for site in run_sites)
+    loaded = SAEPatchedModel.from_pretrained(out / "final", base_model=_base(tiny_assets))
+    assert loaded.sites == run_sites
+    ids = torch.randint(2, 50, (2, 10))
+    again = SAEPatchedModel.from_pretrained(out / "final", base_model=_base(tiny_assets))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, loaded(ids).logits, rtol=0, atol=0)
+    if family == "skip_transcoder":
+        assert loaded.sae(run_sites[0]).W_skip.abs().sum() > 0  # trained away from its zero init

@@ -12,6 +12,7 @@ from hf_e2e_sae.training.fused_kl import fused_unembed_kl
 from hf_e2e_sae.training.losses import LossConfig, default_downstream_sites, kl_divergence
 from hf_e2e_sae.training.step import micro_batch_loss, reference_micro_batch_loss
 
+from dictionary_families import FAMILIES, FAMILY_NAMES
 from test_patching import make_sae
 from tiny_models import HIDDEN, LAYERS, VOCAB, random_ids, tiny_model
 
@@ -248,3 +249,9 @@ def test_fast_step_equals_reference_for_every_activation(activation, preset):
                  "e2e+ds": ["matryoshka_kl", "matryoshka_downstream"]}[preset]
         assert all(float(results[0][1][name]) > 0 for name in names), results[0][1]
     _assert_equal(*results)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_fast_step_equals_reference_for_every_dictionary_family(family, preset):
+    model = FAMILIES[family](tiny_model("gpt2"), "topk", k=4)
+    _assert_equal(*_both(model, random_ids(), LossConfig(preset=preset)))

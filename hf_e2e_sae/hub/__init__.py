@@ -5,11 +5,14 @@ trainer reach it without importing it.
 """
 from ..sae.hub_interface import register_hub_functions
 from .card import render_model_card
-from .format import MANIFEST_NAME, load_patched_model, read_manifest, save_patched_model
+from .cross_layer_format import FAMILY, load_clt_patched_model, save_clt_patched_model
+from .format import FAMILY_LOADERS, MANIFEST_NAME, load_patched_model, read_manifest, save_patched_model
 from .push import push_run_to_hub, push_to_hub, require_token
 
 register_hub_functions(save_patched_model=save_patched_model, load_patched_model=load_patched_model,
-                       push_to_hub=push_to_hub, push_run_to_hub=push_run_to_hub, require_token=require_token)
+                       push_to_hub=push_to_hub, push_run_to_hub=push_run_to_hub, require_token=require_token,
+                       save_clt_patched_model=save_clt_patched_model)
+FAMILY_LOADERS[FAMILY] = load_clt_patched_model
 
 __all__ = ["MANIFEST_NAME", "load_patched_model", "push_run_to_hub", "push_to_hub", "read_manifest",
            "render_model_card", "require_token", "save_patched_model"]

@@ -101,6 +101,10 @@ def _describe(source: Any) -> tuple:
         return sae_manifest(source.config), {source.config.site or "sae": source.config}
     if isinstance(source, (str, os.PathLike)):
         manifest = read_manifest(str(source))
+        if manifest.get("family") is not None:  # one model for every site (a cross-layer transcoder)
+            from .cross_layer_format import site_configs
+
+            return manifest, site_configs(str(source))
         return manifest, {site: SAEConfig.from_pretrained(str(source), subfolder=sub) for site, sub in manifest["saes"].items()}
     raise TypeError(f"render_model_card: expected an SAEPatchedModel, a SparseAutoencoder or a folder, got {type(source).__name__}")
 

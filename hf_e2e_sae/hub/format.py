@@ -33,6 +33,9 @@ from .manifest_check import check_remote_code, parse_manifest
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "hf_e2e_sae.json"
+# Dictionary families saved as one model rather than one SAE per site: manifest "family" -> loader
+# `(cls, path, manifest, base_model, subfolder, hub_kwargs, dtype, base_model_kwargs) -> patched model`.
+FAMILY_LOADERS: dict = {}
 
 
 def build_manifest(model) -> dict:
@@ -175,6 +178,12 @@ def load_patched_model(
     except (OSError, ValueError) as error:  # maybe a foreign format (hf_e2e_sae.interop re-raises if not)
         return hub_function("load_foreign_patched_model")(cls, path, error, base_model, subfolder, revision, dtype,
                                                           base_model_kwargs, token=token)
+    if manifest.get("family") is not None:
+        if manifest["family"] not in FAMILY_LOADERS:
+            raise ValueError(f"{path}: {MANIFEST_NAME} names family {manifest['family']!r}, unknown to this hf_e2e_sae; "
+                             f"known: {sorted(FAMILY_LOADERS)}")
+        return FAMILY_LOADERS[manifest["family"]](cls, path, manifest, base_model, subfolder, hub_kwargs, dtype,
+                                                  base_model_kwargs)
     folders = {site: _join(subfolder, sub) for site, sub in manifest["saes"].items()}
     configs = {site: _load_sae_config(path, folder, site, **hub_kwargs) for site, folder in folders.items()}
     if base_model is None or isinstance(base_model, (str, os.PathLike)):

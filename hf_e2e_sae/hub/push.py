@@ -148,7 +148,12 @@ def _push_folder(
         manifest = dict(read_manifest(str(folder)))  # refuses unknown format versions
     else:  # a bare SparseAutoencoder.save_pretrained folder
         manifest = sae_manifest(_load_sae_config(str(folder), "", "the SAE"))
-    configs = {site: _load_sae_config(str(folder), sub, site) for site, sub in manifest["saes"].items()}
+    if manifest.get("family") is not None:  # one model serving every site (a cross-layer transcoder)
+        from .cross_layer_format import site_configs
+
+        configs = site_configs(str(folder))
+    else:
+        configs = {site: _load_sae_config(str(folder), sub, site) for site, sub in manifest["saes"].items()}
     base_name = manifest.get("base_model_name_or_path")
     if is_local_only(base_name):
         logger.warning("The SAEs' base model %r is a local model: people loading %s will have to pass `base_model=` "
@@ -158,14 +163,19 @@ def _push_folder(
 
     with tempfile.TemporaryDirectory(prefix="hf_e2e_sae_push_") as staging:
         operations = []
-        for i, (site, sub) in enumerate(manifest["saes"].items()):
-            sae_dir = folder / sub
+        by_folder: dict = {}  # a folder may serve several sites (a cross-layer transcoder): upload it once
+        for site, sub in manifest["saes"].items():
+            by_folder.setdefault(sub, []).append(site)
+        for i, (sub, folder_sites) in enumerate(by_folder.items()):
+            site, sae_dir = folder_sites[0], folder / sub
             weights = sorted(sae_dir.glob("*.safetensors"))
             if not weights:
                 raise FileNotFoundError(f"{sae_dir}: no .safetensors weights for the SAE at {site!r}.")
             config = json.loads((sae_dir / CONFIG_NAME).read_text())
             if pinned and not config.get("base_model_revision") and config.get("base_model_name_or_path") == base_name:
-                config["base_model_revision"] = configs[site].base_model_revision = pinned
+                config["base_model_revision"] = pinned
+                for each in folder_sites:
+                    configs[each].base_model_revision = pinned
             operations.append(CommitOperationAdd(_repo_path(sub, CONFIG_NAME), json.dumps(config, indent=2).encode() + b"\n"))
             for src in weights:
                 dst = Path(staging) / f"{i}-{src.name}"

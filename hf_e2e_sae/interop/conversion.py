@@ -18,17 +18,18 @@ from ..patching.base_models import resolve_base_model
 from ..patching.patched_model import validate_sae_configs
 from ..patching.remote_code import load_base_config, trusts_remote_code, with_trust
 from ..sae.model import SparseAutoencoder
-from . import saelens
+from . import saelens, sparsify
 from .registry import FORMATS, detect_format, load_sae, resolve_folder
 
 logger = logging.getLogger(__name__)
 
 EXPORTERS = {"hf_e2e_sae": lambda sae, directory: sae.save_pretrained(directory) or Path(directory),
-             "saelens": saelens.export}
+             "saelens": saelens.export, "sparsify": sparsify.export}
 
 
 def export_sae(sae: SparseAutoencoder, directory: Union[str, os.PathLike], format: str = "saelens") -> Path:
-    """Write `sae` in another library's format (`"saelens"`) or ours (`"hf_e2e_sae"`); returns the folder."""
+    """Write `sae` in another library's format (`"saelens"`, `"sparsify"`) or ours (`"hf_e2e_sae"`); returns the
+    folder written (for sparsify, the hookpoint folder inside `directory`)."""
     if format not in EXPORTERS:
         raise ValueError(f"format={format!r} cannot be written; valid choices: {sorted(EXPORTERS)}")
     return EXPORTERS[format](sae, directory)

@@ -105,8 +105,10 @@ def load_sae(path_or_repo_id: Union[str, os.PathLike], subfolder: Optional[str] 
 
 
 def build_sae(config: dict, encoder_weight: torch.Tensor, encoder_bias: torch.Tensor, decoder_weight: torch.Tensor,
-              decoder_bias: torch.Tensor, threshold: Optional[torch.Tensor] = None) -> SparseAutoencoder:
-    """Our SAE from foreign tensors in our layout: encoder `(dict_size, d_in)`, decoder `(d_in, dict_size)`.
+              decoder_bias: torch.Tensor, threshold: Optional[torch.Tensor] = None,
+              skip: Optional[torch.Tensor] = None) -> SparseAutoencoder:
+    """Our SAE from foreign tensors in our layout: encoder `(dict_size, d_in)`, decoder `(d_in, dict_size)`,
+    optional skip connection `(d_in, d_in)` (applied as `x @ skip.T`).
 
     The loaders check the tensors in their format's names first (`checked.check_tensors`); this checks them again
     in ours, so no tensor is ever broadcast into a parameter of another shape."""
@@ -116,15 +118,20 @@ def build_sae(config: dict, encoder_weight: torch.Tensor, encoder_bias: torch.Te
             "decoder weight": ("d_in", "dict_size"), "decoder bias": ("d_in",)}
     if threshold is not None:
         tensors["threshold"], spec["threshold"] = threshold, ("dict_size",)
+    if skip is not None:
+        tensors["skip weight"], spec["skip weight"] = skip, ("d_in", "d_in")
     check_tensors("imported SAE", tensors, spec)
     dict_size, d_in = encoder_weight.shape
-    sae_config = SAEConfig(d_in=d_in, dict_size=dict_size, init_decoder_orthogonal=False, **config)
+    sae_config = SAEConfig(d_in=d_in, dict_size=dict_size, init_decoder_orthogonal=False,
+                           skip_connection=skip is not None, **config)
     sae = SparseAutoencoder(sae_config)
     with torch.no_grad():
         sae.encoder.weight.copy_(encoder_weight)
         sae.encoder.bias.copy_(encoder_bias)
         sae.decoder.weight.copy_(decoder_weight)
         sae.decoder.bias.copy_(decoder_bias)
+        if skip is not None:
+            sae.W_skip.copy_(skip)
         if threshold is not None:
             # JumpReLU keeps log(theta) (thresholds of imported SAEs are >= 0; 0 means a plain ReLU)
             sae.activation.log_threshold.copy_(threshold.clamp_min(torch.finfo(threshold.dtype).tiny).log())

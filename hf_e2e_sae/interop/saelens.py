@@ -149,6 +149,9 @@ def export(sae: SparseAutoencoder, directory: Union[str, Path], model_name: Opti
     """Write `cfg.json` + `sae_weights.safetensors` that `sae_lens.SAE.load_from_disk` loads into an SAE whose
     `encode` / `decode` equal ours. `model_name` defaults to the SAE's base model (TransformerLens spelling)."""
     c = sae.config
+    if c.output_site is not None or getattr(c, "skip_connection", False):
+        raise NotImplementedError("SAELens export writes SAEs only, not transcoders or skip transcoders (their "
+                                  "output site and W_skip would be lost); use format='sparsify' for a TopK one")
     matryoshka = matryoshka_export(sae)
     architecture = matryoshka[0] if matryoshka else {v: k for k, v in _ACTIVATIONS.items()}.get(c.activation)
     if architecture is None:

@@ -55,6 +55,10 @@ class SAEConfig(PretrainedConfig):
             Makes this dictionary a transcoder: it reads `site` (e.g. `"blocks.3.mlp_in"`, the MLP's normed input)
             and its reconstruction replaces `output_site` (e.g. `"blocks.3.mlp_out"`). None: an SAE that
             reconstructs `site` itself.
+        skip_connection (`bool`, *optional*, defaults to `False`):
+            Add an affine skip term: the reconstruction is `decode(latents) + W_skip x` with `W_skip` `(d_in, d_in)`
+            zero-initialised (a skip transcoder, Paulo et al. 2025; sparsify's `skip_connection`). `x` is the input
+            as the dictionary receives it, before any basis option (`input_scale`, `center_input`, ...).
         **activation options:
             Keys declared by the chosen activation (`ActivationSpec.options`), e.g. `k` for `"topk"`,
             `jumprelu_init_threshold` and `jumprelu_bandwidth` for `"jumprelu"`; defaults come from the spec.
@@ -93,6 +97,7 @@ class SAEConfig(PretrainedConfig):
         center_input: bool = False,
         normalize_decoder: bool = True,
         output_site: Optional[str] = None,
+        skip_connection: bool = False,
         **kwargs: Any,
     ):
         option_values = {key: kwargs.pop(key) for key in activation_option_owners() if key in kwargs}
@@ -133,6 +138,9 @@ class SAEConfig(PretrainedConfig):
         self.center_input = center_input
         self.normalize_decoder = normalize_decoder
         check_basis_options(self)
+        if not isinstance(skip_connection, bool):
+            raise ValueError(f"SAEConfig.skip_connection must be true or false, got {skip_connection!r}")
+        self.skip_connection = skip_connection
         self.output_site = str(parse_site(output_site)) if output_site is not None else None
         if self.output_site is not None and (self.site is None or not parse_site(self.output_site).is_after(parse_site(self.site))):
             raise ValueError(f"SAEConfig.output_site={self.output_site!r} must be computed after site={self.site!r} "

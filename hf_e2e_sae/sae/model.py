@@ -1,7 +1,7 @@
 """`SparseAutoencoder`: the dictionary, as a `PreTrainedModel`.
 
     latents        c     = act(W_enc x + b_enc)          (..., dict_size)
-    reconstruction x_hat = D c + b_dec                   (..., d_in)
+    reconstruction x_hat = D c + b_dec [+ W_skip x]      (..., d_in)   (W_skip: `skip_connection=True`)
 
 D is the decoder weight with each dictionary element (a column of length d_in) divided by its L2
 norm inside every forward pass: a reparametrisation (the stored weight is never renormalised and
@@ -60,6 +60,8 @@ class SparseAutoencoder(PreTrainedModel):
         self.encoder = nn.Linear(config.d_in, config.dict_size)  # W_enc (dict_size, d_in), b_enc
         self.decoder = nn.Linear(config.dict_size, config.d_in)  # D (d_in, dict_size), b_dec
         self.activation = build_activation(config)
+        if config.skip_connection:  # skip transcoder: (d_in out, d_in in), zero at init as in sparsify
+            self.W_skip = nn.Parameter(torch.zeros(config.d_in, config.d_in))
         self.post_init()
 
     @torch.no_grad()
@@ -72,6 +74,14 @@ class SparseAutoencoder(PreTrainedModel):
             if self.config.init_decoder_orthogonal:
                 # Rows of D (d_in, dict_size) orthonormal: D D^T = I.
                 nn.init.orthogonal_(module.weight)
+        elif module is self and getattr(self, "W_skip", None) is not None:
+            module.W_skip.zero_()
+
+    def skip(self, hidden_states: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """`reconstruction + W_skip x` with a skip connection (`config.skip_connection`), else `reconstruction`."""
+        if getattr(self, "W_skip", None) is None:
+            return reconstruction
+        return reconstruction + F.linear(hidden_states, self.W_skip)
 
     @property
     def dictionary(self) -> torch.Tensor:
@@ -103,7 +113,7 @@ class SparseAutoencoder(PreTrainedModel):
             return self._sparse_forward(hidden_states, return_dict, sparse_output)
         pre_activations = self.pre_activations(hidden_states)
         latents = self.activation(pre_activations)
-        reconstruction = self.decode(latents)
+        reconstruction = self.skip(hidden_states, self.decode(latents))
         if not return_dict:
             return (latents, reconstruction)
         return SAEOutput(latents=latents, reconstruction=reconstruction, pre_activations=pre_activations)
@@ -116,6 +126,7 @@ class SparseAutoencoder(PreTrainedModel):
                                            keep_pre=not sparse_output)
         reconstruction = undo_input_scale(self.config, sparse_decode(
             values, indices, self.decoder.weight, self.decoder.bias, normalize=self.config.normalize_decoder))
+        reconstruction = self.skip(hidden_states, reconstruction)
         if sparse_output:
             return SAEOutput(reconstruction=reconstruction, code_values=values, code_indices=indices)
         latents = scatter_dense(values, indices, self.config.dict_size)

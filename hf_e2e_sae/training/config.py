@@ -57,6 +57,11 @@ class TrainConfig(ConfigModel):
     output_sites: list[str] = Field(default_factory=list)
     """Transcoders: one site per entry of sites whose activation the reconstruction replaces (e.g. sites
     [blocks.2.mlp_in], output_sites [blocks.2.mlp_out]); empty = SAEs that reconstruct their own site."""
+    skip_connection: bool = False
+    """Skip transcoders: add a zero-initialised affine skip term `W_skip x` to each reconstruction (SAEConfig)."""
+    cross_layer: bool = False
+    """One cross-layer transcoder instead of one dictionary per site: sites are `blocks.<l>.mlp_in` (increasing l),
+    output_sites the matching `blocks.<l>.mlp_out` (or empty); dict_size(_ratio) is per layer."""
     init_decoder_orthogonal: bool = True
     """Orthogonal decoder init (reference default)."""
     init_from: Optional[str] = None
@@ -178,6 +183,10 @@ def check_train_config(config: TrainConfig) -> None:
 
     check_init_from(config)
     check_architecture(config)
+    if config.cross_layer:
+        from .cross_layer_setup import check_cross_layer  # imported here: torch
+
+        check_cross_layer(config)
     if config.activation_cache is not None:
         _check_activation_cache(config)
     if config.push_to_hub and not config.hub_repo_id:

@@ -39,6 +39,7 @@ from ..runs.checkpointing import TrainerState, load_checkpoint, resolve_resume, 
 from .config import TrainConfig
 from ..data.pipeline import build_datasets, create_dataloader
 from ..data.train_loader import train_loader
+from .cross_layer_setup import build_clt_patched_model
 from .finetune import load_initial_sae
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
@@ -78,6 +79,8 @@ def build_patched_model(config: TrainConfig) -> tuple:
                                                 trust_remote_code=False)
     if initial is not None:
         return SAEPatchedModel(base, {config.sites[0]: initial}), tokenizer
+    if config.cross_layer:
+        return build_clt_patched_model(config, base), tokenizer
     saes = {}
     for i, site in enumerate(config.sites):
         set_seed(config.seed + i)  # identical on every process
@@ -85,7 +88,8 @@ def build_patched_model(config: TrainConfig) -> tuple:
             d_in=hidden_size(base.config), dict_size=config.dict_size, dict_size_ratio=config.dict_size_ratio,
             activation=config.activation, site=site, base_model_name_or_path=portable_base_name(base_cfg.name_or_path),
             base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal,
-            output_site=config.output_sites[i] if config.output_sites else None, **activation_options(config)))
+            output_site=config.output_sites[i] if config.output_sites else None,
+            skip_connection=config.skip_connection, **activation_options(config)))
     return SAEPatchedModel(base, saes), tokenizer
 
 
