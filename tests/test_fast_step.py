@@ -251,6 +251,7 @@ def test_fast_step_equals_reference_for_every_activation(activation, preset):
     _assert_equal(*results)
 
 
+@pytest.mark.parametrize("preset", ["e2e", "e2e+ds", "local"])
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_fast_step_equals_reference_for_every_dictionary_family(family, preset):
     model = FAMILIES[family](tiny_model("gpt2"), "topk", k=4)

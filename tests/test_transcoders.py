@@ -158,12 +158,12 @@ def test_a_transcoder_output_site_taken_by_another_sae_is_an_error():
         SAEPatchedModel(tiny_model("gpt2"), [transcoder(), sae])
 
 
-def test_readme_transcoder_example_runs():
+def test_docs_transcoder_example_runs():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text[text.index("## Architectures"):], re.S).group(1)
+    text = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "activations.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     scope: dict = {}
     exec(compile(code, "README-architectures", "exec"), scope)
     record, metrics = scope["record"], scope["metrics"]

@@ -194,10 +194,12 @@ class CrossLayerTranscoder(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, refusing missing, unexpected or mis-shaped weights (as the SAE)."""
+        """`PreTrainedModel.from_pretrained`, refusing missing, unexpected or mis-shaped weights (as the SAE; the
+        SAE's check of the header against the config's sizes before allocation is not done for a CLT yet)."""
         from .strict_loading import load_strictly
 
-        return load_strictly(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+        return load_strictly(super().from_pretrained, pretrained_model_name_or_path, *args, check_sizes=False,
+                             **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, refusing (before writing anything) weights that hold NaN or inf."""

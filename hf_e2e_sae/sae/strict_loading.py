@@ -39,13 +39,15 @@ def _check_sizes_first(pretrained_model_name_or_path: Any, kwargs: dict) -> None
     check_weights_header(config, path, config_name)
 
 
-def load_strictly(load: Callable, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+def load_strictly(load: Callable, pretrained_model_name_or_path: Any, *args: Any, check_sizes: bool = True,
+                  **kwargs: Any):
     """Call transformers' `from_pretrained` (`load`) and raise `ValueError` naming the weights file on any
-    missing / unexpected / mismatched tensor or unreadable safetensors file; the sizes are checked before the SAE
-    is built."""
+    missing / unexpected / mismatched tensor or unreadable safetensors file; with `check_sizes` (an SAE's layout),
+    the sizes are checked before the SAE is built."""
     want_info = kwargs.pop("output_loading_info", False)
     where = _weights_file(pretrained_model_name_or_path, kwargs.get("subfolder", "") or "")
-    _check_sizes_first(pretrained_model_name_or_path, kwargs)
+    if check_sizes:
+        _check_sizes_first(pretrained_model_name_or_path, kwargs)
     try:
         model, info = load(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
     except SafetensorError as e:

@@ -88,8 +88,9 @@ class MatryoshkaBatchTopKActivation(BatchTopKActivation):
 
 
 def matryoshka_levels(sae) -> list:
-    """`[(prefix size, weight), ...]` of an SAE's proper prefixes; empty for a non-Matryoshka SAE."""
-    activation = sae.activation
+    """`[(prefix size, weight), ...]` of an SAE's proper prefixes; empty for a non-Matryoshka SAE (and for a
+    dictionary with no single activation, such as a cross-layer transcoder)."""
+    activation = getattr(sae, "activation", None)
     return list(zip(getattr(activation, "prefixes", ()), getattr(activation, "prefix_weights", ())))
 
 
