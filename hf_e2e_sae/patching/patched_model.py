@@ -29,6 +29,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .base_models import config_hash, portable_base_name, resolve_base_model
+from .adapters import adapters_disabled
 from .hooks import add_hook
 from ..sae.basis import restore_token_mean
 from .interventions import InterventionsMixin
@@ -245,10 +246,11 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
 
     @contextlib.contextmanager
     def saes_disabled(self) -> Iterator[None]:
-        """Run the base model as if no SAE were there (outputs identical bit for bit)."""
+        """Run the original model: no SAE, no adapter (`patching.adapters`); outputs identical bit for bit."""
         previous, self._saes_enabled = self._saes_enabled, False
         try:
-            yield
+            with adapters_disabled(self):
+                yield
         finally:
             self._saes_enabled = previous
 

@@ -40,6 +40,7 @@ from .config import TrainConfig
 from ..data.pipeline import build_datasets, create_dataloader
 from ..data.train_loader import train_loader
 from .finetune import load_initial_sae
+from .lora import lora_micro_batch_loss, setup_lora
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
 from ..runs.output_dir import prepare_output_dir, staged_dir
@@ -174,10 +175,11 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
     if config.base_model.shard:  # before prepare: DDP then averages the SAEs' gradients only (training/sharding.py)
         shard_base_model(run.model, accelerator.device)
     run.output_dir_lock = lock
-    run.optimizer = make_optimizer(run.model.sae_parameters(), config.lr)
+    # LoRA runs (training/lora.py) optimise the adapters (+ the SAEs with lora.train_sae); others the SAEs.
+    run.sae_parameters = setup_lora(run.model, config.lora) if config.lora else list(run.model.sae_parameters())
+    run.optimizer = make_optimizer(run.sae_parameters, config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
     train_ds, eval_ds = build_datasets(config.data, run.tokenizer, config.total_samples, config.seed)
-    run.sae_parameters = list(run.model.sae_parameters())
     run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
     # The scheduler counts our optimizer steps (not prepared: accelerate would step it per process).
     expected = {k: v.shape for k, v in sae_state(accelerator.unwrap_model(run.model)).items()}
@@ -207,9 +209,15 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def micro_batch_loss(run: _Run, input_ids: torch.Tensor) -> tuple:
     """Loss of one micro-batch (batch, seq), its terms and the SAE outputs (the fast path, `training.step`)."""
     raw = run.accelerator.unwrap_model(run.model)
-    total, terms, sae_outputs = fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss,
-                                                      run.downstream_sites, run.d_in,
-                                                      recompute_suffix=run.config.recompute_suffix)
+    if run.config.lora is not None:  # the plain path with the adapter off in the clean pass (training/lora.py)
+        total, terms, sae_outputs = lora_micro_batch_loss(run.model, raw, input_ids, run.config, run.downstream_sites,
+                                                          run.d_in)
+        if not run.config.lora.train_sae:
+            return total, terms, sae_outputs
+    else:
+        total, terms, sae_outputs = fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss,
+                                                          run.downstream_sites, run.d_in,
+                                                          recompute_suffix=run.config.recompute_suffix)
     total, terms = add_loss_terms(run.loss_terms, total, terms, sae_outputs,  # AuxK, the L0 estimator, ...
                                   {site: raw.sae(site) for site in sae_outputs}, run.d_in)
     return total, terms, sae_outputs
