@@ -10,6 +10,7 @@ Free of torch, like the rest of the config: errors answer before anything heavy 
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
@@ -49,6 +50,8 @@ def check_lora_train_config(config) -> None:
     lora = config.lora
     if lora is None:
         return
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError("lora needs the peft package: pip install 'hf_e2e_sae[lora]' (or pip install peft)")
     if not lora.train_sae and config.init_from is None:
         raise ValueError("lora.train_sae is false (the SAE stays frozen) but init_from is not set: name the trained "
                          "SAE to adapt around (init_from: PATH), or set lora.train_sae: true")
