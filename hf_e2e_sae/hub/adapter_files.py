@@ -22,12 +22,12 @@ from ..sae.finite import check_finite_weights
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A manifest naming an adapter is version 2: an older hf_e2e_sae refuses it instead of loading the SAEs without it.
+ADAPTER_MANIFEST_VERSION = 2
 
 
 def save_adapter(model, directory: Path, manifest: dict) -> None:
     """Write the patched model's adapter (if any) into `directory/lora` and name it in `manifest`."""
-    from .format import ADAPTER_MANIFEST_VERSION
-
     peft_model = lora_adapter(model)
     if peft_model is None:
         return

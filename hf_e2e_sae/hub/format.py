@@ -28,14 +28,12 @@ from ..sae.model import SparseAutoencoder
 from ..patching.base_models import config_hash, resolve_base_model
 from ..patching.patched_model import validate_sae_configs
 from ..patching.adapters import attach_adapter
-from .adapter_files import load_adapter, save_adapter
+from .adapter_files import ADAPTER_MANIFEST_VERSION, load_adapter, save_adapter
 from .manifest_check import check_remote_code, parse_manifest
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "hf_e2e_sae.json"
-# A manifest naming an adapter is version 2: an older hf_e2e_sae refuses it instead of loading the SAEs without it.
-ADAPTER_MANIFEST_VERSION = 2
 
 
 def build_manifest(model) -> dict:
