@@ -24,11 +24,11 @@ from .fused_kl import auto_chunk_tokens
 from .losses import compute_losses, kl_divergence
 
 
-def peft_config(lora, model_type: Optional[str] = None):
+def peft_config(lora):
     """The `peft.LoraConfig` of a `LoRAConfig` (task CAUSAL_LM)."""
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0,  # the base runs in eval mode
                       target_modules=list(lora.target_modules) if lora.target_modules else None,
                       layers_to_transform=list(lora.layers) if lora.layers else None)
 

@@ -23,9 +23,6 @@ class LoRAConfig(ConfigModel):
     """Rank of each LoRA adapter."""
     alpha: float = Field(16.0, gt=0)
     """LoRA scaling numerator: the update is (alpha / r) B A."""
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on the adapters' input (the base model runs in eval mode, so this applies only if PEFT's layer
-    is in train mode; 0 keeps the adapted forward deterministic)."""
     target_modules: Optional[list[str]] = None
     """Module names (or suffixes) to adapt, e.g. [c_attn, c_proj, c_fc] for GPT-2; null: PEFT's default for the
     model family."""
