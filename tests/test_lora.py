@@ -21,6 +21,7 @@ from train_fixtures import SITE, N_EMBD, fresh_accelerate, make_config, tiny_ass
 import hf_e2e_sae.training.trainer as trainer
 from hf_e2e_sae import SAEConfig, SAEPatchedModel, SparseAutoencoder
 from hf_e2e_sae.config.arguments import ConfigError
+from hf_e2e_sae.hub.card import render_model_card
 from hf_e2e_sae.hub.format import MANIFEST_NAME
 from hf_e2e_sae.patching.adapters import adapter_parameters, lora_adapter
 from hf_e2e_sae.training.config import load_train_config
@@ -185,6 +186,8 @@ def test_push_uploads_the_adapter_in_the_same_commit_with_a_card(hub, hf_cache, 
     readme = files["README.md"].decode()
     assert "LoRA adapter" in readme and "`c_attn`, `c_fc`" in readme and "**Rank r:** 4" in readme
     assert "**alpha:** 8" in readme and "KL(P_orig" in readme and "frozen" in readme
+    assert readme == str(render_model_card(snapshot_download(repo_id), repo_id,
+                                           train_config={"lora": {"objective": "kl", "train_sae": False}}))
     loaded = SAEPatchedModel.from_pretrained(repo_id, cache_dir=str(tmp_path / "cache"), base_model_kwargs=EAGER)
     torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=0)
     assert Path(snapshot_download(repo_id), "lora", "adapter_model.safetensors").is_file()

@@ -188,9 +188,14 @@ def render_model_card(
     Returns:
         [`huggingface_hub.ModelCard`]: its `.data` holds the header; `str(card)` is the README.md text.
     """
+    from .adapter_files import adapter_summary
+
+    manifest, configs = _describe(source)
+    local = isinstance(source, (str, os.PathLike)) and os.path.isdir(source)  # a saved folder: its adapter, if any
     return render_card_from_configs(
-        *_describe(source), repo_id, metrics=metrics, train_config=train_config, train_summary=train_summary,
+        manifest, configs, repo_id, metrics=metrics, train_config=train_config, train_summary=train_summary,
         card_data=card_data, license=license, revision=revision, title=title,
+        adapter=adapter_summary(source, manifest, dict(train_config or {})) if local else None,
     )
 
 
