@@ -9,6 +9,7 @@ lambda 4, LOCAL_SAMPLES samples), then, from its final weights and for the same 
   lora      LoRA (r 8, alpha 16, every c_attn / c_proj / c_fc) around the frozen SAE, objective KL to the original
   finetune  `loss.preset=finetune` of the SAE itself (KL + MSE, balanced; same lambda)
   both      LoRA and the SAE together (finetune loss; the adapters learn from its KL)
+  lora-after  as lora, with adapters only in the blocks after the SAE site (its input and L0 unchanged)
 Every run is evaluated on the 128 held-out chunks; the CE loss increase is against the ORIGINAL model (no adapter,
 no SAE). Writes docs/results/lora/results.json (every run) and prints the mean reduction of each arm.
 """
@@ -31,6 +32,9 @@ ARMS = {
     "lora": [*TUNE, *LORA, "lora.train_sae=false"],
     "finetune": [*TUNE, "loss.preset=finetune"],
     "both": [*TUNE, *LORA, "lora.train_sae=true", "loss.preset=finetune"],
+    # adapters only in the blocks after the SAE (blocks 2 and 3 read blocks.2.resid_pre): the SAE's input, and so
+    # its code and L0, stay exactly those of the local SAE
+    "lora-after": [*TUNE, *LORA, "lora.train_sae=false", "lora.layers=[2,3]"],
 }
 
 

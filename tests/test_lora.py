@@ -191,3 +191,20 @@ def test_push_uploads_the_adapter_in_the_same_commit_with_a_card(hub, hf_cache, 
     loaded = SAEPatchedModel.from_pretrained(repo_id, cache_dir=str(tmp_path / "cache"), base_model_kwargs=EAGER)
     torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=0)
     assert Path(snapshot_download(repo_id), "lora", "adapter_model.safetensors").is_file()
+
+
+def test_layers_keep_the_adapters_after_the_sae_so_its_input_is_unchanged():
+    base = tiny_model("gpt2")
+    ids = random_ids()
+    model = SAEPatchedModel(base, [make_sae(SITE)])  # blocks.1.resid_pre: the input of block 1
+    with torch.no_grad():
+        before = model(ids)
+    setup_lora(model, LoRAConfig(r=4, target_modules=TARGETS, layers=[1, 2]))
+    names = [n for n, _ in model.named_parameters() if "lora_" in n]
+    assert names and all(".h.1." in n or ".h.2." in n for n in names)
+    with torch.no_grad():
+        for p in adapter_parameters(model):
+            p.normal_(std=0.05)
+        after = model(ids)
+    torch.testing.assert_close(after.sae_outputs[SITE].target, before.sae_outputs[SITE].target, rtol=0, atol=0)
+    assert (after.logits - before.logits).abs().max() > 1e-3
