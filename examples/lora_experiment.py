@@ -35,6 +35,7 @@ ARMS = {
     # adapters only in the blocks after the SAE (blocks 2 and 3 read blocks.2.resid_pre): the SAE's input, and so
     # its code and L0, stay exactly those of the local SAE
     "lora-after": [*TUNE, *LORA, "lora.train_sae=false", "lora.layers=[2,3]"],
+    "lora-after-lr1e-2": [*TUNE, *LORA, "lora.train_sae=false", "lora.layers=[2,3]", "lr=1e-2"],  # lr sensitivity
 }
 
 
