@@ -9,6 +9,8 @@ Per micro-batch (batch, seq), the fast step of `training.step`:
         unembedding (+ downstream MSE) + the registered extra terms -> backward (SAE params only)
     local: the SAE pass stops after the last SAE site; no clean pass.
     local with `activation_cache`: the SAE reads the base model's cached activations (`training.activation_cache`).
+    `lora:` runs: LoRA adapters on the base around the SAEs, the plain step of `training.lora` (clean pass with the
+        SAEs and the adapters off); final/ holds the adapter in lora/ beside the SAEs.
 """
 from __future__ import annotations
 
