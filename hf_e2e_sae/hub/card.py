@@ -192,9 +192,14 @@ def render_model_card(
     Returns:
         [`huggingface_hub.ModelCard`]: its `.data` holds the header; `str(card)` is the README.md text.
     """
+    from .adapter_files import adapter_summary
+
+    manifest, configs = _describe(source)
+    local = isinstance(source, (str, os.PathLike)) and os.path.isdir(source)  # a saved folder: its adapter, if any
     return render_card_from_configs(
-        *_describe(source), repo_id, metrics=metrics, train_config=train_config, train_summary=train_summary,
+        manifest, configs, repo_id, metrics=metrics, train_config=train_config, train_summary=train_summary,
         card_data=card_data, license=license, revision=revision, title=title,
+        adapter=adapter_summary(source, manifest, dict(train_config or {})) if local else None,
     )
 
 
@@ -221,8 +226,10 @@ def render_card_from_configs(
     license: str = "mit",
     revision: Optional[str] = None,
     title: Optional[str] = None,
+    adapter: Optional[Mapping[str, Any]] = None,
 ) -> ModelCard:
-    """[`render_model_card`] from a manifest dict and `{site: SAEConfig}` (what a saved folder holds)."""
+    """[`render_model_card`] from a manifest dict and `{site: SAEConfig}` (what a saved folder holds); `adapter`:
+    what `hub.adapter_files.adapter_summary` says about a PEFT adapter saved with them."""
     from ..version import __version__
 
     metrics, train_config, train_summary = dict(metrics or {}), dict(train_config or {}), dict(train_summary or {})
@@ -261,6 +268,7 @@ def render_card_from_configs(
     if dataset.get("hub"):
         fields["datasets"] = [dataset["path"]]
     tags = ["hf_e2e_sae", "sparse-autoencoder", "interpretability"] + ([loss["preset"]] if loss else []) + sites
+    tags += ["peft", "lora"] if adapter else []
     extra = card_data.to_dict() if isinstance(card_data, ModelCardData) else dict(card_data or {})
     tags += [t for t in extra.pop("tags", None) or [] if t not in tags]
     fields.update(extra)
@@ -291,5 +299,6 @@ def render_card_from_configs(
         library_version=__version__,
         trained_with_version=manifest.get("library_version"),
         citation=CITATION,
+        adapter=adapter,
     )
     return card

@@ -28,6 +28,8 @@ from ..sae.model import SparseAutoencoder
 from ..patching.base_models import config_hash, resolve_base_model
 from ..patching.patched_model import validate_sae_configs
 from ..patching.remote_code import load_base_config, trusts_remote_code, with_trust
+from ..patching.adapters import attach_adapter
+from .adapter_files import ADAPTER_MANIFEST_VERSION, load_adapter, save_adapter
 from .manifest_check import check_remote_code, parse_manifest
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ def save_patched_model(model, save_directory, **kwargs: Any) -> None:
     manifest = build_manifest(model)
     for site, subfolder in manifest["saes"].items():
         model.sae(site).save_pretrained(save_directory / subfolder, **kwargs)
+    save_adapter(model, save_directory, manifest)
     (save_directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("Saved %d SAE(s) to %s", len(manifest["saes"]), save_directory)
 
@@ -126,10 +129,10 @@ def read_manifest(path_or_repo: str, subfolder: str = "", **hub_kwargs: Any) -> 
         }
     manifest = parse_manifest(manifest_file, where)
     version = manifest.get("format_version", 1)
-    if version > SAE_FORMAT_VERSION:
+    if version > max(SAE_FORMAT_VERSION, ADAPTER_MANIFEST_VERSION):
         raise ValueError(
             f"{where}: {MANIFEST_NAME} has format_version {version}, newer than this hf_e2e_sae "
-            f"understands ({SAE_FORMAT_VERSION}); upgrade with `pip install -U hf_e2e_sae`."
+            f"understands ({ADAPTER_MANIFEST_VERSION}); upgrade with `pip install -U hf_e2e_sae`."
         )
     if not manifest.get("saes"):
         raise ValueError(f"{where}: {MANIFEST_NAME} lists no SAEs.")
@@ -216,6 +219,10 @@ def load_patched_model(
         site: SparseAutoencoder.from_pretrained(path, subfolder=folder, config=configs[site], **hub_kwargs)
         for site, folder in folders.items()
     }
+    peft_model = load_adapter(base_model, path, manifest, subfolder, hub_kwargs)  # None without one
     device = next(base_model.parameters()).device
-    return cls(base_model, {site: sae.to(device) for site, sae in saes.items()})
+    model = cls(base_model, {site: sae.to(device) for site, sae in saes.items()})
+    if peft_model is not None:
+        attach_adapter(model, peft_model, trainable=False)
+    return model
 

@@ -38,11 +38,16 @@ def check_manifest(manifest: Any, where: str) -> None:
     saes = manifest.get("saes")
     if not isinstance(saes, dict) or not saes:
         raise bad(f"'saes' must be a non-empty object {{site: subfolder}}, got {saes!r}")
-    for site, folder in saes.items():
+    folders = {f"the SAE at {site!r}": folder for site, folder in saes.items()}
+    if "adapter" in manifest:  # a PEFT adapter on the base model (hub/adapter_files.py)
+        folders["'adapter'"] = manifest["adapter"]
+        if not isinstance(manifest["adapter"], str) or not manifest["adapter"].strip("/"):
+            raise bad(f"'adapter' must name a subfolder, got {manifest['adapter']!r}")
+    for what, folder in folders.items():
         if not isinstance(folder, str):
-            raise bad(f"the subfolder of {site!r} must be a string, got {folder!r}")
+            raise bad(f"the subfolder of {what} must be a string, got {folder!r}")
         if folder.startswith("/") or ".." in folder.split("/"):
-            raise bad(f"the subfolder of {site!r} must stay inside the repo, got {folder!r}")
+            raise bad(f"the subfolder of {what} must stay inside the repo, got {folder!r}")
 
 
 def check_remote_code(base_model: Optional[Any], base_model_kwargs: Optional[dict], where: str) -> None:

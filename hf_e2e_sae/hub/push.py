@@ -32,6 +32,7 @@ from ..sae.config import SAE_FORMAT_VERSION
 from ..sae.finite import check_finite_weights
 from ..runs.redaction import redact_secrets
 from ..runs.safety import json_text
+from .adapter_files import ADAPTER_FILES, adapter_summary
 from .card import is_hub_id, render_card_from_configs, sae_manifest
 from ..patching.base_models import is_local_only
 from ..patching.patched_model import cached_commit
@@ -184,11 +185,13 @@ def _push_folder(
             for index in sae_dir.glob("*.safetensors.index.json"):
                 operations.append(CommitOperationAdd(_repo_path(sub, index.name), str(index)))
         manifest["base_model_revision"] = pinned
+        operations += adapter_operations(folder, manifest, staging)  # the PEFT adapter (lora/), if any
         if has_manifest:
             operations.append(CommitOperationAdd(MANIFEST_NAME, json.dumps(manifest, indent=2).encode() + b"\n"))
         card = render_card_from_configs(
             manifest, configs, repo_id, metrics=metrics, train_config=train_config, train_summary=train_summary,
             card_data=card_data, license=license, revision=revision,
+            adapter=adapter_summary(folder, manifest, train_config),
         )
         operations.append(CommitOperationAdd("README.md", str(card).encode("utf-8")))
         operations += [CommitOperationAdd(Path(f).name, _redacted_bytes(Path(f))) for f in extra_files]
@@ -209,6 +212,21 @@ def _push_folder(
         )
     logger.info("Pushed %d files to %s (%s)", len(operations), repo_id, info.commit_url)
     return info
+
+
+def adapter_operations(folder: Path, manifest: Mapping, staging: str) -> list:
+    """Upload operations for the adapter folder the manifest names (its config and checked weights)."""
+    sub = manifest.get("adapter")
+    if not sub:
+        return []
+    config, weights = (folder / sub / name for name in ADAPTER_FILES)
+    for path in (config, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: {MANIFEST_NAME} names the adapter folder {sub!r}, but {path} is missing.")
+    dst = Path(staging) / "adapter-model.safetensors"
+    _add_metadata(weights, dst)  # refuses non-finite adapter weights, as for the SAEs
+    return [CommitOperationAdd(_repo_path(sub, config.name), str(config)),
+            CommitOperationAdd(_repo_path(sub, weights.name), str(dst))]
 
 
 def _redacted_bytes(path: Path) -> bytes:

@@ -26,6 +26,7 @@ from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from .base_models import config_hash, portable_base_name, resolve_base_model
+from .adapters import adapters_disabled
 from .hooks import add_hook
 from .patch_marker import mark_patched, patched_by, unmark_patched  # noqa: F401  (patched_by: public)
 from ..sae.basis import restore_token_mean
@@ -193,10 +194,11 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
 
     @contextlib.contextmanager
     def saes_disabled(self) -> Iterator[None]:
-        """Run the base model as if no SAE were there (outputs identical bit for bit)."""
+        """Run the original model: no SAE, no adapter (`patching.adapters`); outputs identical bit for bit."""
         previous, self._saes_enabled = self._saes_enabled, False
         try:
-            yield
+            with adapters_disabled(self):
+                yield
         finally:
             self._saes_enabled = previous
 

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from ..sae.sites import parse_site
 from ..config.arguments import ConfigError, ConfigModel, load_config
 from ..data.config import DataConfig
+from .lora_config import LoRAConfig, check_lora_train_config
 from .loss_config import LossConfig
 
 
@@ -68,6 +69,8 @@ class TrainConfig(ConfigModel):
     """Start from this SAE (folder or Hub repo, any format hf_e2e_sae.load_sae reads); its site and width are used."""
     loss: LossConfig = Field(default_factory=LossConfig)
     """Loss preset and coefficients."""
+    lora: Optional[LoRAConfig] = None
+    """LoRA adapters on the base model, trained around the (frozen) SAEs (training/lora_config.py); null: none."""
     data: DataConfig = Field(default_factory=lambda: DataConfig(
         path="apollo-research/Skylion007-openwebtext-tokenizer-gpt2", streaming=True, context_length=1024,
         n_eval_samples=500))
@@ -182,6 +185,7 @@ def check_train_config(config: TrainConfig) -> None:
     from .finetune import check_init_from
 
     check_init_from(config)
+    check_lora_train_config(config)
     check_architecture(config)
     if config.cross_layer:
         from .cross_layer_setup import check_cross_layer  # imported here: torch

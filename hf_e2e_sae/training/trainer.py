@@ -9,6 +9,8 @@ Per micro-batch (batch, seq), the fast step of `training.step`:
         unembedding (+ downstream MSE) + the registered extra terms -> backward (SAE params only)
     local: the SAE pass stops after the last SAE site; no clean pass.
     local with `activation_cache`: the SAE reads the base model's cached activations (`training.activation_cache`).
+    `lora:` runs: LoRA adapters on the base around the SAEs, the plain step of `training.lora` (clean pass with the
+        SAEs and the adapters off); final/ holds the adapter in lora/ beside the SAEs.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from ..data.pipeline import build_datasets, create_dataloader
 from ..data.train_loader import train_loader
 from .cross_layer_setup import build_clt_patched_model
 from .finetune import load_initial_sae
+from .lora import lora_micro_batch_loss, setup_lora
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
 from ..runs.output_dir import prepare_output_dir, staged_dir
@@ -180,13 +183,14 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
     if config.base_model.shard:  # before prepare: DDP then averages the SAEs' gradients only (training/sharding.py)
         shard_base_model(run.model, accelerator.device)
     run.output_dir_lock = lock
-    run.optimizer = make_optimizer(run.model.sae_parameters(), config.lr)
+    # LoRA runs (training/lora.py) optimise the adapters (+ the SAEs with lora.train_sae); others the SAEs.
+    run.sae_parameters = setup_lora(run.model, config.lora) if config.lora else list(run.model.sae_parameters())
+    run.optimizer = make_optimizer(run.sae_parameters, config.lr)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(config))
     try:
         train_ds, eval_ds = build_datasets(config.data, run.tokenizer, config.total_samples, config.seed)
     except ValueError as e:  # too little data, ... (what preflight could not know): one line, exit 2
         raise ConfigError(f"data: {' '.join(str(e).split())}") from None
-    run.sae_parameters = list(run.model.sae_parameters())
     run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
     # The scheduler counts our optimizer steps (not prepared: accelerate would step it per process).
     expected = {k: v.shape for k, v in sae_state(accelerator.unwrap_model(run.model)).items()}
@@ -217,9 +221,15 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def micro_batch_loss(run: _Run, input_ids: torch.Tensor) -> tuple:
     """Loss of one micro-batch (batch, seq), its terms and the SAE outputs (the fast path, `training.step`)."""
     raw = run.accelerator.unwrap_model(run.model)
-    total, terms, sae_outputs = fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss,
-                                                      run.downstream_sites, run.d_in,
-                                                      recompute_suffix=run.config.recompute_suffix)
+    if run.config.lora is not None:  # the plain path with the adapter off in the clean pass (training/lora.py)
+        total, terms, sae_outputs = lora_micro_batch_loss(run.model, raw, input_ids, run.config, run.downstream_sites,
+                                                          run.d_in)
+        if not run.config.lora.train_sae:
+            return total, terms, sae_outputs
+    else:
+        total, terms, sae_outputs = fast_micro_batch_loss(run.model, raw, input_ids, run.config.loss,
+                                                          run.downstream_sites, run.d_in,
+                                                          recompute_suffix=run.config.recompute_suffix)
     total, terms = add_loss_terms(run.loss_terms, total, terms, sae_outputs,  # AuxK, the L0 estimator, ...
                                   {site: raw.sae(site) for site in sae_outputs}, run.d_in)
     return total, terms, sae_outputs
