@@ -131,7 +131,7 @@ def test_cli_never_runs_named_code_even_when_the_user_types_yes(tmp_path, tiny_a
     base, marker = _remote_code_model(tmp_path)
     if command == "train":
         argv = CLI + ["train", f"base_model.name_or_path={base}", f"output_dir={tmp_path / 'out'}",
-                      f"data.data_files.train={tiny_assets.docs[0]}", "data.path=text"]
+                      f"data.data_files.train={tiny_assets.docs[0]}", "data.path=text", "data.n_eval_samples=4"]
     else:
         folder, _ = _sae_folder("hf_e2e_sae", tmp_path, base)
         argv = CLI + ["browse", str(folder), "--out", str(tmp_path / "site")]
