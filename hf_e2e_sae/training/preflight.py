@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from transformers import AutoConfig
 
 from ..patching.architectures import check_site, num_blocks
@@ -18,10 +19,12 @@ from .config import TrainConfig
 from .finetune import check_initial_sae
 from ..data.local_files import check_local_files, local_source
 from .losses import default_downstream_sites
+from .memory_plan import fit_message, plan_for_config
 from .sharding import check_sharding
 
 
-def _base_model_config(config: TrainConfig):
+def base_model_config(config: TrainConfig):
+    """The base model's config (a `ConfigError` naming base_model.name_or_path when it cannot be read)."""
     name = config.base_model.name_or_path
     try:
         where = resolve_base_model(name)
@@ -91,7 +94,26 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
     check_sharding(config.base_model.shard, world_size)
     check_data(config)
     check_init_from(config)
-    base_config = _base_model_config(config)
+    base_config = base_model_config(config)
     check_sites(config, base_config)
     check_downstream(config, base_config)
     check_activation_cache(config, base_config)
+    check_memory(config, base_config, world_size)
+
+
+def device_memory(world_size: int = 1) -> int:
+    """Bytes one process may use: its GPU's memory, or on CPUs the available RAM shared by the processes."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    with open("/proc/meminfo") as meminfo:
+        available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    return available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+
+
+def check_memory(config: TrainConfig, base_config, world_size: int) -> None:
+    """Refuse, in one line naming the remedy, a run whose planned memory (`memory_plan`) exceeds the device's."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = plan_for_config(config, base_config, world_size, device)
+    available = device_memory(world_size)
+    if plan["total"] > available:
+        raise ConfigError(fit_message(plan, available, config))
