@@ -176,6 +176,8 @@ COMMANDS: dict = {
     "browse": ("static feature browser for saved SAEs: browse RUN [RUN...] --out DIR", lambda argv: _analysis("browse", argv)),
     "geometry": ("decoder geometry (within SAE, across types and seeds): geometry RUN RUN [RUN...] --out DIR",
                  lambda argv: _analysis("geometry", argv)),
+    "plan": ("memory per device from shapes alone: plan CONFIG [--num-processes N] [--device-memory 80GB]",
+             lambda argv: _plan(argv)),
     "bench": ("time and measure our training steps against a lower bound and sparsify: bench [--shape A]",
               lambda argv: _bench(argv)),
 }
@@ -191,6 +193,12 @@ def _analysis(command: str, argv: list) -> int:
     from .analysis.commands import COMMANDS as ANALYSIS_COMMANDS
 
     return ANALYSIS_COMMANDS[command](argv)
+
+
+def _plan(argv: list) -> int:
+    from .training.plan_command import plan_main
+
+    return plan_main(argv)
 
 
 def _bench(argv: list) -> int:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
+from ..patching.remote_code import load_base_config, trusts_remote_code, with_trust
 from ..patching.base_models import resolve_base_model
 from ..patching.cross_layer import CLTPatchedModel, validate_clt_config
 from ..sae.cross_layer import CLTConfig, CrossLayerTranscoder
@@ -60,9 +61,10 @@ def load_clt_patched_model(cls, path: str, manifest: dict, base_model: Optional[
         name = resolve_base_model(name)
         revision = manifest.get("base_model_revision") if base_model is None else None
         base_hub = {**hub_kwargs, "revision": revision}
-        base_config = AutoConfig.from_pretrained(name, **base_hub)
+        trust = trusts_remote_code(base_model, base_model_kwargs)  # never for the name the manifest gives
+        base_config = load_base_config(name, trust_remote_code=trust, where=path, **base_hub)
         validate_clt_config(base_config, config)  # before any weight loads
-        extra = {**(base_model_kwargs or {}), **({"dtype": dtype} if dtype is not None else {})}
+        extra = {**with_trust(base_model_kwargs, trust), **({"dtype": dtype} if dtype is not None else {})}
         base_model = AutoModelForCausalLM.from_pretrained(name, config=base_config, **base_hub, **extra)
     else:
         validate_clt_config(base_model.config, config)

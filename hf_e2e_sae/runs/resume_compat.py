@@ -25,6 +25,7 @@ MAY_CHANGE_ON_RESUME = (
     "base_model.shard",                                        # where the frozen weights live: same SAE updates
     "activation_cache",                                        # speed only: the same activations, from disk
     "loss.kl.compile",                                         # speed only: the same KL, compiled or eager
+    "loss.kl.backend",                                         # speed only: the same KL (parity 1e-4), ours or liger
     "recompute_suffix",                                        # memory only: the same gradients
 )
 """Dotted fields (or prefixes) a resumed run may set differently; everything else must match the checkpoint."""

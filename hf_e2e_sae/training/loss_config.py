@@ -49,6 +49,10 @@ class KLLossConfig(ConfigModel):
     balance: Optional[bool] = None
     """Rescale the KL each step so its contribution is coeff / reconstruction.coeff times the MSE's (null: on for
     the finetune preset, off otherwise)."""
+    backend: Literal["auto", "ours", "liger"] = "auto"
+    """Fused unembedding + KL: ours (every device), liger (Liger-Kernel's fused linear JSD at beta 0; CUDA only, falls
+    back to ours with a warning elsewhere), auto (ours; on CUDA with liger-kernel installed, the faster of the two,
+    timed on the first step). See `training/kl_backends.py`."""
     compile: bool = True
     """Fuse the KL's softmaxes and gradient with torch.compile (compiled once per process, a few seconds; eager
     with a warning where compiling fails)."""

@@ -5,7 +5,10 @@ run before any weights or data load, so that a user mistake costs seconds and re
 """
 from __future__ import annotations
 
+import logging
 import os
+
+import torch
 
 from ..patching.architectures import check_site, hidden_size, num_blocks
 from ..patching.base_models import resolve_base_model
@@ -18,13 +21,16 @@ from .finetune import check_initial_sae
 from ..data.data_check import check_data_source
 from ..data.local_files import check_local_files, local_source
 from .losses import default_downstream_sites
+from .memory_plan import fit_message, plan_for_config
 from .sharding import check_sharding
 
+logger = logging.getLogger(__name__)
 
 _NO_REMOTE_CODE = "train on a model that transformers implements itself"
 
 
-def _base_model_config(config: TrainConfig):
+def base_model_config(config: TrainConfig):
+    """The base model's config (a `ConfigError` naming base_model.name_or_path when it cannot be read)."""
     name = config.base_model.name_or_path
     try:
         where = resolve_base_model(name)
@@ -123,8 +129,31 @@ def preflight(config: TrainConfig, world_size: int = 1) -> None:
     check_sharding(config.base_model.shard, world_size)
     check_data(config)
     check_init_from(config)
-    base_config = _base_model_config(config)
+    base_config = base_model_config(config)
     check_sites(config, base_config)
     check_dictionary_size(config, base_config)
     check_downstream(config, base_config)
     check_activation_cache(config, base_config)
+    check_memory(config, base_config, world_size)
+
+
+def device_memory(world_size: int = 1) -> int:
+    """Bytes one process may use: its GPU's memory, or on CPUs the available RAM shared by the processes."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    with open("/proc/meminfo") as meminfo:
+        available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    return available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+
+
+def check_memory(config: TrainConfig, base_config, world_size: int) -> None:
+    """Refuse, in one line naming the remedy, a run whose planned memory (`memory_plan`) exceeds the device's."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        plan = plan_for_config(config, base_config, world_size, device)
+    except Exception as error:  # noqa: BLE001 - a model the planner cannot build on meta: train without the check
+        logger.warning("Could not plan this run's memory (%s); skipping the memory check", error)
+        return
+    available = device_memory(world_size)
+    if plan["total"] > available:
+        raise ConfigError(fit_message(plan, available, config))

@@ -1,6 +1,10 @@
 """Shard the frozen base model over the processes with FSDP2; the SAEs stay whole on every process.
 
-    shard_base_model(patched_model, accelerator.device)   # `base_model.shard: true`, before accelerator.prepare(...)
+    shard_base_model(patched_model, accelerator.device, checkpoint=where)   # before accelerator.prepare(...)
+
+With `base_model.shard: true` the trainer builds the base model empty (`sharded_loading.empty_base_model`: meta
+device) and `shard_base_model` loads each process's own shards from the checkpoint after sharding: no process
+ever holds a full copy.
 
 For base models larger than one device's memory. With N processes:
 
@@ -44,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..patching.architectures import architecture_for
 from ..config.arguments import ConfigError
+from .sharded_loading import is_empty, load_local_shards
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +87,8 @@ def _ignore_base_in_ddp(model) -> None:
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
 
 
-def shard_base_model(model, device: torch.device) -> dict:
+def shard_base_model(model, device: torch.device, checkpoint: Optional[str] = None,
+                     revision: Optional[str] = None) -> dict:
     """Shard the frozen base model of `model` (an `SAEPatchedModel`) over all processes; the SAEs stay whole.
 
     Call it after the process group is up and before `accelerator.prepare(model)`. The shards are moved to
@@ -91,6 +97,8 @@ def shard_base_model(model, device: torch.device) -> dict:
     Args:
         model: the `SAEPatchedModel`; it becomes an FSDP2 module in place (its class gains FSDP's methods).
         device: this process's device (`accelerator.device`); its type picks the device mesh (cpu: gloo).
+        checkpoint, revision: where the weights of an empty base model (`sharded_loading.empty_base_model`, on the
+            meta device) are read from: each process then loads only its own shards, never a full copy.
 
     Returns:
         `shard_report(model)`, also logged by every process.
@@ -101,6 +109,10 @@ def shard_base_model(model, device: torch.device) -> dict:
     for block in _blocks(model):
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, reshard_after_forward=False, ignored_params=set(model.sae_parameters()))
+    if is_empty(model.base_model):
+        if checkpoint is None:
+            raise ValueError("shard_base_model: the base model is empty (meta device); pass checkpoint=")
+        load_local_shards(model, checkpoint, device, revision)
     _ignore_base_in_ddp(model)
     # The root's outputs include views (activations the SAEs read); FSDP warns that an in-place op on them would
     # drop its pre-backward hook. Nothing modifies them in place, and the blocks' own hooks do the gathering.

@@ -25,7 +25,8 @@ import torch
 
 from ..patching.shared_prefix import (
     as_tokens, capturing_head_input, lm_head, prefix_blocks, recomputed_suffix, recording_prefix, replaying_prefix)
-from .fused_kl import auto_chunk_tokens, fused_unembed_kl
+from .fused_kl import auto_chunk_tokens
+from .kl_backends import unembed_kl
 from .losses import LossConfig, compute_losses, kl_divergence, token_weights
 from .matryoshka import has_matryoshka, matryoshka_pass_losses
 from .sharding import full_tensor
@@ -79,9 +80,9 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
             return None
         weights = token_weights(attention_mask, input_ids.shape, input_ids.device)
         chunk = loss.kl.chunk_tokens or auto_chunk_tokens(head.out_features, input_ids.device)
-        return fused_unembed_kl(as_tokens(h_sae["hidden"]), as_tokens(h_orig["hidden"]), full_tensor(head.weight),
-                                full_tensor(head.bias), weights, chunk,  # whole even if the base is sharded
-                                compile=loss.kl.compile)
+        return unembed_kl(loss.kl.backend, as_tokens(h_sae["hidden"]), as_tokens(h_orig["hidden"]),
+                          full_tensor(head.weight), full_tensor(head.bias), weights, chunk,  # whole even if sharded
+                          compile=loss.kl.compile)
 
     total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, clean.logits, out.cached_activations,
                                   clean.cached_activations, mask=attention_mask, kl_term=fused_kl(h_sae))

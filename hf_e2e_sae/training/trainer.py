@@ -51,6 +51,7 @@ from .preflight import preflight
 from ..runs.redaction import config_yaml, redact_secrets, redacted_argv
 from ..runs.resume_compat import check_resume_compatible
 from ..runs.safety import check_step_finite, json_text
+from .sharded_loading import empty_base_model
 from .sharding import shard_base_model
 from .step import micro_batch_loss as fast_micro_batch_loss
 
@@ -78,8 +79,11 @@ def build_patched_model(config: TrainConfig) -> tuple:
     where = resolve_base_model(base_cfg.name_or_path)
     # trust_remote_code=False: never a stdin prompt, never a model's own code (training/preflight.py says so first)
     tokenizer = AutoTokenizer.from_pretrained(where, revision=base_cfg.revision, trust_remote_code=False)
-    base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision, dtype=getattr(torch, base_cfg.dtype),
-                                                trust_remote_code=False)
+    if base_cfg.shard:  # empty (meta) here; each process loads its own shards in shard_base_model
+        base = empty_base_model(where, base_cfg.revision, getattr(torch, base_cfg.dtype))
+    else:
+        base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision,
+                                                    dtype=getattr(torch, base_cfg.dtype), trust_remote_code=False)
     if initial is not None:
         return SAEPatchedModel(base, {config.sites[0]: initial}), tokenizer
     if config.cross_layer:
@@ -181,7 +185,8 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
         hub_function("require_token")(None)  # fail now, not after hours of training
     run = _Run(config, accelerator)
     if config.base_model.shard:  # before prepare: DDP then averages the SAEs' gradients only (training/sharding.py)
-        shard_base_model(run.model, accelerator.device)
+        shard_base_model(run.model, accelerator.device, resolve_base_model(config.base_model.name_or_path),
+                         config.base_model.revision)
     run.output_dir_lock = lock
     # LoRA runs (training/lora.py) optimise the adapters (+ the SAEs with lora.train_sae); others the SAEs.
     run.sae_parameters = setup_lora(run.model, config.lora) if config.lora else list(run.model.sae_parameters())
