@@ -115,8 +115,12 @@ def _setup_variants(config: TrainConfig, named: list, cpu: bool, world: int, loc
     _resume(sweep)
     first = runs[0]
     train_ds, eval_ds = build_datasets(config.data, tokenizer, first.config.total_samples, config.seed)
-    first.train_loader = cached_train_loader(first, train_ds) if config.activation_cache else \
-        accelerator.prepare(create_dataloader(skip_samples(train_ds, first.state.samples), config.batch_size))
+    if config.activation_cache:
+        with only_enabled(runs):  # built from the base model alone: no variant's SAE may rewrite the site
+            first.train_loader = cached_train_loader(first, train_ds)
+    else:
+        first.train_loader = accelerator.prepare(
+            create_dataloader(skip_samples(train_ds, first.state.samples), config.batch_size))
     eval_loader = create_dataloader(eval_ds, config.eval_batch_size or config.batch_size)
     for run in runs:
         run.eval_loader = eval_loader
