@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from train_fixtures import SITE, fresh_accelerate, load_sae_state, make_config, tiny_assets  # noqa: F401
@@ -167,3 +168,31 @@ def test_cli_trains_a_sweep_given_on_the_command_line(make_config, capsys):
     for name in ("coeff-0.5", "coeff-4"):
         saved = yaml.safe_load((out / "variants" / name / "final" / "train_config.yaml").read_text())
         assert saved["loss"]["sparsity"]["coeff"] == float(name.split("-")[1]) and saved["sweep"] == {}
+
+
+def test_two_process_sweep_equals_one_process_sweep(make_config):
+    """`accelerate launch` with 2 gloo processes (one micro-batch each per step) reaches the same weights for every
+    variant as one process accumulating two micro-batches (the helpers of test_trainer_multiprocess.py)."""
+    import subprocess
+
+    from test_trainer_multiprocess import REPO, TIMEOUT_S, _launch_command
+    from train_fixtures import finish_launch, subprocess_env
+
+    sweep = {"loss.sparsity.coeff": [0.5, 4.0]}
+    path_2, out_2 = make_config("two_procs", **SHORT, sweep=sweep)
+    path_1, out_1 = make_config("one_proc", **SHORT, sweep=sweep)
+    proc = subprocess.Popen(_launch_command(path_2), cwd=str(REPO), env=subprocess_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        train_sweep(load_train_config(path_1))
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    finish_launch(proc, TIMEOUT_S * 3)
+    for name in ("coeff-0.5", "coeff-4"):
+        summary = yaml.safe_load((out_2 / "variants" / name / "final" / "train_summary.json").read_text())
+        assert summary["num_processes"] == 2 and summary["optimizer_steps"] == 4
+        one, two = load_sae_state(out_1 / "variants" / name / "final"), load_sae_state(out_2 / "variants" / name / "final")
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5)
