@@ -3,8 +3,10 @@
 Local and e2e SAEs at blocks.2.resid_pre of the tiny Shakespeare GPT-2 (the demo config), two sparsity
 coefficients each (near L0 20 and 50 at the demo's budget), trained at 1x, 4x and 16x the demo's 2,048 samples x
 256 tokens, with the optimiser recipe scaled to the run (warmup 6.25% of the samples, cosine to 10%). 16x is 5.7
-passes over the training plays (`data.max_epochs`). Each run is a `hf-e2e-sae train` subprocess; several run at
-once (a GPU holds them all).
+passes over the training plays (`data.max_epochs`). The coefficients of one type and budget train together as one
+sweep (`sweep.loss.sparsity.coeff`, docs/guides/sweeps.md: one data stream and one clean pass per batch, each SAE
+as its own run would train it), a `hf-e2e-sae train` subprocess; several run at once (a GPU holds them all). A
+row's `seconds` is its sweep's wall time divided by the number of coefficients.
 
     python examples/budget_study.py run --out docs/results/budget --parallel 6      # train, write budget.json
     python examples/budget_study.py report --out docs/results/budget               # table, plots, ratios
@@ -24,28 +26,29 @@ COEFFS = {"local": [2.0, 6.0], "e2e": [0.5, 2.0]}
 BASE_SAMPLES = 2048  # the demo's run; warmup is 1/16 of the samples, as in the demo (128 of 2,048)
 
 
-def _overrides(kind: str, lam: float, budget: int, out: Path, base: int) -> list:
-    return [f"loss.preset={kind}", f"loss.sparsity.coeff={lam}", f"n_samples={base * budget}",
+def _overrides(kind: str, budget: int, out: Path, base: int) -> list:
+    return [f"loss.preset={kind}", f"sweep.loss.sparsity.coeff={','.join(map(str, COEFFS[kind]))}",
+            f"n_samples={base * budget}",
             f"warmup_samples={base * budget // 16}", "data.max_epochs=8", "eval_every_samples=null",
             "log_every_steps=64", f"output_dir={out}", "overwrite_output_dir=true"]
 
 
 def run(out: Path, runs_dir: Path, budgets: list, parallel: int, base: int = BASE_SAMPLES) -> None:
-    jobs = [(kind, lam, b) for b in budgets for kind, lams in COEFFS.items() for lam in lams]
-    jobs.sort(key=lambda job: -job[2])  # longest first, so the last wave is short
+    jobs = [(kind, budget) for budget in budgets for kind in COEFFS]
+    jobs.sort(key=lambda job: -job[1])  # longest first, so the last wave is short
     running, rows, start = [], [], time.time()
     while jobs or running:
         while jobs and len(running) < parallel:
-            kind, lam, budget = jobs.pop(0)
-            run_dir = runs_dir / f"{kind}-{lam}-x{budget}"
+            kind, budget = jobs.pop(0)
+            run_dir = runs_dir / f"{kind}-x{budget}"
             cmd = [sys.executable, "-m", "hf_e2e_sae.cli", "train", str(CONFIG),
-                   *_overrides(kind, lam, budget, run_dir, base)]
+                   *_overrides(kind, budget, run_dir, base)]
             log = open(runs_dir / f"{run_dir.name}.log", "w")
             env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)  # this checkout's hf_e2e_sae
-            running.append(((kind, lam, budget, run_dir), proc, log))
+            running.append(((kind, budget, run_dir), proc, log))
         for item in list(running):
-            (kind, lam, budget, run_dir), proc, log = item
+            (kind, budget, run_dir), proc, log = item
             if proc.poll() is None:
                 continue
             running.remove(item)
@@ -53,17 +56,23 @@ def run(out: Path, runs_dir: Path, budgets: list, parallel: int, base: int = BAS
             if proc.returncode != 0:
                 print(f"{run_dir.name}: exit {proc.returncode}", flush=True)
                 continue
-            m = json.loads((run_dir / "final" / "eval_metrics.json").read_text())
-            summary = json.loads((run_dir / "final" / "train_summary.json").read_text())
-            rows.append({"type": kind, "lambda": lam, "budget": budget, "train_tokens": summary["train_tokens"],
-                         "seconds": summary["seconds"], "l0": m[f"l0/{SITE}"], "alive": m[f"alive/{SITE}"],
-                         "ce_loss_increase": m["ce_loss_increase"], "kl": m["kl"],
-                         "explained_variance": m[f"explained_variance/{SITE}"]})
-            print(f"{run_dir.name}: L0 {rows[-1]['l0']:.1f} CE+ {rows[-1]['ce_loss_increase']:.4f} "
-                  f"({summary['seconds']:.0f} s)", flush=True)
-            _write(out, rows, start)  # after every run: a stopped study keeps what finished
+            rows += [_row(kind, lam, budget, run_dir) for lam in COEFFS[kind]]
+            _write(out, rows, start)  # after every sweep: a stopped study keeps what finished
         time.sleep(1)
     _write(out, rows, start)
+
+
+def _row(kind: str, lam: float, budget: int, sweep_dir: Path) -> dict:
+    final = sweep_dir / "variants" / f"coeff-{lam:g}" / "final"
+    m = json.loads((final / "eval_metrics.json").read_text())
+    summary = json.loads((final / "train_summary.json").read_text())
+    row = {"type": kind, "lambda": lam, "budget": budget, "train_tokens": summary["train_tokens"],
+           "seconds": round(summary["seconds"] / len(COEFFS[kind]), 1), "l0": m[f"l0/{SITE}"],
+           "alive": m[f"alive/{SITE}"], "ce_loss_increase": m["ce_loss_increase"], "kl": m["kl"],
+           "explained_variance": m[f"explained_variance/{SITE}"]}
+    print(f"{kind}-{lam}-x{budget}: L0 {row['l0']:.1f} CE+ {row['ce_loss_increase']:.4f} ({row['seconds']:.0f} s)",
+          flush=True)
+    return row
 
 
 def _write(out: Path, rows: list, start: float) -> None:

@@ -5,9 +5,12 @@
     python examples/sweep.py --only e2e                        # train one type's runs; a final plain run collects
 
 The sweep file names a base training config, the run types with their sparsity coefficients, the seeds, optional
-variants (named lists of extra overrides, e.g. another learning rate) and where to write. Each run's output lands
-in `<runs_dir>/<type>-<lambda>-s<seed>[-<variant>]/final`; a finished run is skipped when the sweep is started
-again (resumable). Writes to `results_dir`:
+variants (named lists of extra overrides, e.g. another learning rate) and where to write. All coefficients of one
+type, seed and variant train together as one in-process sweep (`sweep: {loss.sparsity.coeff: [...]}`, see
+docs/guides/sweeps.md: one data stream, one clean pass per batch, each SAE exactly as its own run would train it),
+into `<runs_dir>/<type>-s<seed>[-<variant>]/variants/coeff-<lambda>/final`; a finished group is skipped when the
+sweep is started again (resumable). A run's `minutes` is its group's wall time divided by the group's size.
+Writes to `results_dir`:
   sweep.csv                     one row per run (type, lambda, seed, variant, L0, alive, CE loss increase, ...)
   sweep.md                      per type and lambda: the mean over seeds with the min-max spread
   ce_vs_l0.png, ce_vs_alive.png one curve per type (seed means, min-max bars)
@@ -28,7 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from hf_e2e_sae.training.config import load_train_config
-from hf_e2e_sae.training.trainer import train
+from hf_e2e_sae.training.sweep import train_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SWEEP = REPO / "examples" / "configs" / "sweep-tiny.yaml"
@@ -43,25 +46,42 @@ def jobs_of(sweep: dict) -> list:
             for lam in lams for seed in sweep.get("seeds", [0])]
 
 
+def groups_of(sweep: dict) -> list:
+    """The in-process sweeps: one (type, seed, variant) each, over all of the type's lambdas."""
+    return list(dict.fromkeys((kind, seed, variant) for kind, _, seed, variant in jobs_of(sweep)))
+
+
+def group_dir(sweep: dict, kind: str, seed: int, variant: str) -> Path:
+    return REPO / sweep["runs_dir"] / (f"{kind}-s{seed}" + ("" if variant == "base" else f"-{variant}"))
+
+
 def run_dir(sweep: dict, kind: str, lam: float, seed: int, variant: str) -> Path:
-    name = f"{kind}-{lam:g}-s{seed}" + ("" if variant == "base" else f"-{variant}")
-    return REPO / sweep["runs_dir"] / name
+    return group_dir(sweep, kind, seed, variant) / "variants" / f"coeff-{lam:g}"
+
+
+def train_group(sweep: dict, kind: str, seed: int = 0, variant: str = "base") -> None:
+    """Train the type's lambdas as one sweep (unless every one of them has finished)."""
+    lams = [float(lam) for lam in sweep["lambdas"][kind]]
+    if all((run_dir(sweep, kind, lam, seed, variant) / "final" / "eval_metrics.json").exists() for lam in lams):
+        return
+    out_dir = group_dir(sweep, kind, seed, variant)
+    overrides = [f"loss.preset={kind}", f"sweep.loss.sparsity.coeff={','.join(map(str, lams))}", f"seed={seed}",
+                 f"output_dir={out_dir}", "overwrite_output_dir=true"]
+    overrides += sweep.get("overrides", {}).get("all", []) + sweep.get("overrides", {}).get(kind, [])
+    overrides += (sweep.get("variants") or {}).get(variant, [])
+    config = load_train_config(REPO / sweep["train_config"], overrides)
+    start = time.time()
+    train_sweep(config)
+    for lam in lams:
+        (run_dir(sweep, kind, lam, seed, variant) / "final" / "minutes.txt").write_text(
+            f"{(time.time() - start) / 60 / len(lams):.2f}\n")
 
 
 def run_one(sweep: dict, kind: str, lam: float, seed: int = 0, variant: str = "base") -> dict:
-    """Train (unless already finished) and return the run's table row."""
+    """Train (unless already finished) the run's group and return the run's table row."""
+    train_group(sweep, kind, seed, variant)
     out_dir = run_dir(sweep, kind, lam, seed, variant)
-    metrics_file = out_dir / "final" / "eval_metrics.json"
-    if not metrics_file.exists():
-        overrides = [f"loss.preset={kind}", f"loss.sparsity.coeff={lam}", f"seed={seed}", f"output_dir={out_dir}",
-                     "overwrite_output_dir=true"]
-        overrides += sweep.get("overrides", {}).get("all", []) + sweep.get("overrides", {}).get(kind, [])
-        overrides += (sweep.get("variants") or {}).get(variant, [])
-        config = load_train_config(REPO / sweep["train_config"], overrides)
-        start = time.time()
-        train(config)
-        (out_dir / "final" / "minutes.txt").write_text(f"{(time.time() - start) / 60:.2f}\n")
-    m = json.loads(metrics_file.read_text())
+    m = json.loads((out_dir / "final" / "eval_metrics.json").read_text())
     site = sweep["site"] if variant == "base" else (sweep.get("variant_sites") or {}).get(variant, sweep["site"])
     downstream = [v for k, v in m.items() if k.startswith("downstream_mse/")]
     return {
@@ -73,16 +93,18 @@ def run_one(sweep: dict, kind: str, lam: float, seed: int = 0, variant: str = "b
     }
 
 
-def train_in_parallel(sweep_file: str, sweep: dict, jobs: list, parallel: int) -> None:
-    """Train the unfinished runs as `parallel` subprocesses at a time (each `sweep.py --run ...`)."""
-    todo = [j for j in jobs if not (run_dir(sweep, *j) / "final" / "eval_metrics.json").exists()]
+def train_in_parallel(sweep_file: str, sweep: dict, parallel: int) -> None:
+    """Train the unfinished groups as `parallel` subprocesses at a time (each `sweep.py --group ...`)."""
+    todo = [g for g in groups_of(sweep)
+            if not all((run_dir(sweep, g[0], float(lam), g[1], g[2]) / "final" / "eval_metrics.json").exists()
+                       for lam in sweep["lambdas"][g[0]])]
     running = []
-    bar = tqdm(total=len(todo), desc="sweep runs")
+    bar = tqdm(total=len(todo), desc="sweep groups")
     while todo or running:
         while todo and len(running) < parallel:
-            kind, lam, seed, variant = todo.pop(0)
-            cmd = [sys.executable, __file__, sweep_file, "--run", kind, str(lam), str(seed), variant]
-            log = run_dir(sweep, kind, lam, seed, variant).with_suffix(".log")
+            kind, seed, variant = todo.pop(0)
+            cmd = [sys.executable, __file__, sweep_file, "--group", kind, str(seed), variant]
+            log = group_dir(sweep, kind, seed, variant).with_suffix(".log")
             log.parent.mkdir(parents=True, exist_ok=True)
             running.append(subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT))
         for proc in [p for p in running if p.poll() is not None]:
@@ -184,24 +206,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", nargs="?", default=str(DEFAULT_SWEEP), help="sweep YAML")
     parser.add_argument("--only", help="train only this type's runs; write no results")
-    parser.add_argument("--parallel", type=int, default=1, help="train this many runs at once (subprocesses)")
-    parser.add_argument("--run", nargs=4, metavar=("TYPE", "LAMBDA", "SEED", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--parallel", type=int, default=1, help="train this many sweeps at once (subprocesses)")
+    parser.add_argument("--group", nargs=3, metavar=("TYPE", "SEED", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     sweep = yaml.safe_load(Path(args.sweep_file).read_text())
     results = REPO / sweep["results_dir"]
     jobs = jobs_of(sweep)
-    if args.run:  # one run, in this process (what --parallel starts)
-        kind, lam, seed, variant = args.run
-        run_one(sweep, kind, float(lam), int(seed), variant)
+    if args.group:  # one type's sweep, in this process (what --parallel starts)
+        kind, seed, variant = args.group
+        train_group(sweep, kind, int(seed), variant)
         return
     if args.only:
-        for job in tqdm([j for j in jobs if j[0] == args.only], desc=f"sweep {args.only}"):
-            run_one(sweep, *job)
+        for group in tqdm([g for g in groups_of(sweep) if g[0] == args.only], desc=f"sweep {args.only}"):
+            train_group(sweep, *group)
         return
     start = time.time()
     if args.parallel > 1:
-        train_in_parallel(args.sweep_file, sweep, jobs, args.parallel)
+        train_in_parallel(args.sweep_file, sweep, args.parallel)
     results.mkdir(parents=True, exist_ok=True)
     rows = []
     for job in tqdm(jobs, desc="sweep"):

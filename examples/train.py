@@ -18,12 +18,13 @@ import sys
 
 from hf_e2e_sae.cli import run_train
 from hf_e2e_sae.training.config import TrainConfig
-from hf_e2e_sae.training.trainer import train
+from hf_e2e_sae.training.sweep import train_any
 
 
 def training_function(config: TrainConfig) -> dict:
-    """Train the SAEs `config` describes; returns the final held-out metrics ({} if stopped early)."""
-    return train(config)
+    """Train the SAEs `config` describes (every variant of a `sweep:`); returns the final held-out metrics ({} if
+    stopped early; a sweep: {variant name: metrics})."""
+    return train_any(config)
 
 
 def main() -> int:

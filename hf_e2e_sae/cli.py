@@ -56,6 +56,10 @@ def config_from_argv(argv: list, prog: str = "hf-e2e-sae train"):
 
 def final_report(config, metrics: dict) -> str:
     """Where the outputs went and the final held-out metrics, for the terminal."""
+    if getattr(config, "sweep", None):
+        table = Path(config.output_dir) / "sweep.md"
+        return f"\nSweep of {len(metrics)} variants written to {Path(config.output_dir).resolve()}/variants/\n" + \
+            (table.read_text() if table.is_file() else "")
     lines = [f"\nSAEs, metrics and config written to {(Path(config.output_dir) / 'final').resolve()}",
              "Final held-out metrics:"]
     for key, value in metrics.items():
@@ -82,7 +86,7 @@ def run_train(argv: list, prog: str = "hf-e2e-sae train", train: Optional[Callab
     from .runs.errors import RUN_ERRORS, USER_ERRORS
 
     if train is None:
-        from .training.trainer import train
+        from .training.sweep import train_any as train  # a config with `sweep:` trains all its variants
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         metrics = train(config)

@@ -56,7 +56,10 @@ SHAPES = {
     "tiny": Shape(n_layer=3, d_model=64, ctx=16, batch=2, dict_ratio=4, vocab=1000),  # a smoke test in seconds
 }
 SYSTEMS = ["ours_e2e", "ours_e2e_reference", "ours_e2e_recompute", "ours_e2eds", "ours_local", "lower_bound",
-           "plain_forward", "sparsify_kl", "sparsify_local"]
+           "plain_forward", "sparsify_kl", "sparsify_local", "ours_sweep_e2e_4", "ours_sweep_e2e_8",
+           "ours_sweep_local_4", "ours_sweep_local_8"]
+DEFAULT_SYSTEMS = SYSTEMS[:9]
+"""Without --systems: the single-SAE systems (the sweeps train 4 or 8 SAEs per step; ask for them by name)."""
 
 
 def _sync(device: torch.device) -> None:
@@ -129,7 +132,7 @@ def cpu_peak(system: str, shape_name: str, seed: int, dtype: str) -> tuple:
 
 
 def run(shape_name: str, device: str, repeats: int, warmup: int, names: list, seed: int = 0,
-        dtype: str = "float32") -> dict:
+        dtype: str = "float32", memory: bool = True) -> dict:
     """Times, memory and ratios for one shape."""
     shape, dev = SHAPES[shape_name], torch.device(device)
     batch = systems.random_batch(shape, dev, seed)
@@ -139,6 +142,8 @@ def run(shape_name: str, device: str, repeats: int, warmup: int, names: list, se
     states: dict = {name: None for name in available}
     if dev.type == "cuda":
         peaks = {name: cuda_peak(step, dev) for name, step in steps.items()}
+    elif not memory:
+        peaks = dict.fromkeys(available)
     else:
         del steps  # free this process's copies before the probes start
         probes = {name: cpu_peak(name, shape_name, seed, dtype) for name in available}
@@ -169,6 +174,11 @@ def ratios(results: dict) -> dict:
         "e2e_recompute_peak / plain_forward_peak": ratio("ours_e2e_recompute", "plain_forward", "peak_bytes"),
         "sparsify_kl_peak / plain_forward_peak": ratio("sparsify_kl", "plain_forward", "peak_bytes"),
     }
+    for n in (4, 8):  # a sweep's time per SAE against one step of a separate run (targets: docs/guides/sweeps.md)
+        for sweep, single in ((f"ours_sweep_e2e_{n}", "ours_e2e"), (f"ours_sweep_e2e_{n}", "sparsify_kl"),
+                              (f"ours_sweep_local_{n}", "ours_local"), (f"ours_sweep_local_{n}", "sparsify_local")):
+            value = ratio(sweep, single, "step_s")
+            out[f"{sweep}_time_per_sae / {single}"] = value / n if value is not None else None
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -182,7 +192,8 @@ def format_table(result: dict) -> str:
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] is not None else "n/a"
         state = f"{r['state_bytes'] / 2**20:.0f}" if r.get("state_bytes") is not None else "n/a"
         lines.append(f"  {name:<22}{r['step_s'] * 1e3:>10.1f}{r['tokens_per_s']:>12.0f}{peak:>10}{state:>10}")
-    lines += [f"  {name:<40}{value:.3f}" for name, value in result["ratios"].items()]
+    width = max([40, *(len(name) + 2 for name in result["ratios"])])
+    lines += [f"  {name:<{width}}{value:.3f}" for name, value in result["ratios"].items()]
     if result["missing"]:
         lines.append(f"  not measured (package missing): {', '.join(result['missing'])}")
     return "\n".join(lines)
@@ -194,11 +205,12 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16: the base model runs under bf16 autocast (SAEs and losses stay float32)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {SYSTEMS}")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated subset of {SYSTEMS}")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    parser.add_argument("--no-memory", action="store_true", help="time only (no peak-memory probes)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:  # internal: one system's CPU memory, in a fresh process
@@ -216,7 +228,8 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     results = []
     for shape_name in args.shape or ["A", "B"]:
-        result = run(shape_name, args.device, args.repeats, args.warmup, names, args.seed, args.dtype)
+        result = run(shape_name, args.device, args.repeats, args.warmup, names, args.seed, args.dtype,
+                     memory=not args.no_memory)
         sys.stdout.write(format_table(result) + "\n\n")
         results.append(result)
     with open(args.out, "w") as handle:

@@ -7,6 +7,7 @@
                                        the clean suffix under no_grad, SAE forward, the patched suffix, full-logit
                                        KL + L1, backward w.r.t. the SAE only, Adam
     plain_forward                      one no-grad forward of the base model (the memory yardstick)
+    ours_sweep_{e2e,local}_{4,8}       one step of an N-SAE sweep (`bench.sweep_systems`): all N SAEs trained
     sparsify_kl, sparsify_local        EleutherAI sparsify's own Trainer, `loss_fn="kl"` / `"fvu"`, one batch
                                        per call (TopK, its only activation family), when `eai-sparsify` is installed
 """
@@ -29,6 +30,7 @@ from ..training.architecture_config import apply_activation_defaults
 from ..training.losses import LossConfig, default_downstream_sites
 from ..training.step import micro_batch_loss, reference_micro_batch_loss
 from ..training.trainer import make_optimizer
+from .sweep_systems import SWEEP_SYSTEMS, build_sweep
 
 LR = 5e-4
 TOPK = 32
@@ -185,6 +187,11 @@ def _sparsify(shape, device, batch, seed, dtype, loss_fn: str):
     return step
 
 
+def _sweep(name: str, shape, device, batch, seed, dtype):
+    return build_sweep(name, shape, random_model(shape, device, seed), batch, seed,
+                       functools.partial(_autocast, device, dtype), our_activation(), LR)
+
+
 def build(name: str, shape, device: torch.device, batch: torch.Tensor, seed: int, dtype: str):
     builders = {
         "ours_e2e": lambda: _ours(shape, device, batch, seed, dtype, "e2e", fast=True),
@@ -196,5 +203,6 @@ def build(name: str, shape, device: torch.device, batch: torch.Tensor, seed: int
         "plain_forward": lambda: _plain_forward(shape, device, batch, seed, dtype),
         "sparsify_kl": lambda: _sparsify(shape, device, batch, seed, dtype, "kl"),
         "sparsify_local": lambda: _sparsify(shape, device, batch, seed, dtype, "fvu"),
+        **{sweep: functools.partial(_sweep, sweep, shape, device, batch, seed, dtype) for sweep in SWEEP_SYSTEMS},
     }
     return builders[name]()

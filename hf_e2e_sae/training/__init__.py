@@ -9,6 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "TrainConfig": ".config", "load_train_config": ".config", "train": ".trainer", "LossConfig": ".losses",
     "compute_losses": ".losses", "kl_divergence": ".losses", "mse_loss": ".losses", "sparsity_loss": ".losses",
+    "train_sweep": ".sweep", "train_any": ".sweep",
 }
 __all__ = sorted(_EXPORTS)
 

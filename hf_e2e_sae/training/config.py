@@ -9,15 +9,16 @@ of 1,024 tokens. `examples/configs/` holds ready-made runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..sae.sites import parse_site
-from ..config.arguments import ConfigError, ConfigModel, load_config
+from ..config.arguments import ConfigError, ConfigModel, iter_fields, load_config
 from ..data.config import DataConfig
 from .lora_config import LoRAConfig, check_lora_train_config
 from .loss_config import LossConfig
+from .sweep_config import check_sweep, expand_sweep, normalize_sweep
 
 
 class BaseModelConfig(ConfigModel):
@@ -131,6 +132,15 @@ class TrainConfig(ConfigModel):
     """Repo to publish to (e.g. org/gpt2-e2e-l6)."""
     hub_private: bool = False
     """Create the Hub repo as private."""
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    """Train several SAE variants in one run, sharing data and the base model's passes: {dotted field: [values]},
+    e.g. {loss.sparsity.coeff: [0.5, 1, 2]} (several fields: their product); output in output_dir/variants/<name>/
+    (see docs/guides/sweeps.md)."""
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _flat_sweep(cls, value):
+        return normalize_sweep(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -195,9 +205,20 @@ def check_train_config(config: TrainConfig) -> None:
         _check_activation_cache(config)
     if config.push_to_hub and not config.hub_repo_id:
         raise ValueError("push_to_hub is true but hub_repo_id is not set")
+    if config.sweep:
+        _check_sweep(config)
     if config.resume_from_checkpoint is not None and config.resume_from_checkpoint != "latest" \
             and not Path(config.resume_from_checkpoint).is_dir():
         raise ValueError(f"resume_from_checkpoint={config.resume_from_checkpoint!r}: not 'latest' nor a directory")
+
+
+def _check_sweep(config: TrainConfig) -> None:
+    check_sweep(config.sweep, [name for name, _ in iter_fields(type(config))])
+    if config.mixed_precision == "fp16":
+        raise ValueError("sweep with mixed_precision=fp16: one loss scaler cannot serve several variants; use bf16")
+    if config.push_to_hub:
+        raise ValueError("sweep with push_to_hub: push the chosen variant's final/ afterwards (hf-e2e-sae push)")
+    expand_sweep(config)  # every variant must be a valid run of its own
 
 
 def _check_activation_cache(config: TrainConfig) -> None:

@@ -19,6 +19,7 @@ instead of two tokens x dict_size tensors (latents, pre-activations) held until 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Optional
 
 import torch
@@ -66,38 +67,65 @@ def micro_batch_loss(model, raw, input_ids: torch.Tensor, loss: LossConfig, down
     if not loss.needs_logits:
         with raw.sparse_records():
             return reference_micro_batch_loss(model, raw, input_ids, loss, downstream_sites, d_in, attention_mask)
-    head = lm_head(raw)  # None: soft-capped or otherwise unusual heads get their logits made as usual
-    n_shared = prefix_blocks(raw.sites)
-    capture = capturing_head_input if head is not None else _no_capture
-    with torch.no_grad(), raw.saes_disabled(), recording_prefix(raw, n_shared) as prefix, capture(raw) as h_orig:
-        clean = raw(input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
-    recompute = recomputed_suffix(raw) if recompute_suffix else contextlib.nullcontext()
-    with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_sae, raw.sparse_records(), recompute:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
+    clean = clean_pass(raw, input_ids, downstream_sites, attention_mask)
+    return patched_loss(model, raw, clean, input_ids, loss, downstream_sites, d_in, attention_mask, recompute_suffix)
 
-    def fused_kl(h_sae):
+
+@dataclasses.dataclass
+class CleanPass:
+    """What the clean pass of a fast e2e step leaves for the SAE pass: the recorded output of the shared blocks,
+    the LM head's input (when the head can be fused), the output (its `cached_activations`: downstream sites)."""
+    n_shared: int
+    prefix: dict
+    head_input: dict
+    output: object
+
+
+def clean_pass(raw, input_ids: torch.Tensor, cache_sites: list, attention_mask: Optional[torch.Tensor] = None
+               ) -> CleanPass:
+    """The clean half of the fast step (under no_grad, SAEs disabled): stops before the LM head when it is fused.
+    Several SAE passes may share it (`training.sweep_step`): `patched_loss` only reads it."""
+    capture = capturing_head_input if lm_head(raw) is not None else _no_capture
+    n_shared = prefix_blocks(raw.sites)
+    with torch.no_grad(), raw.saes_disabled(), recording_prefix(raw, n_shared) as prefix, capture(raw) as h_orig:
+        clean = raw(input_ids, attention_mask=attention_mask, cache_sites=cache_sites)
+    return CleanPass(n_shared, prefix, h_orig, clean)
+
+
+def patched_loss(model, raw, clean: CleanPass, input_ids: torch.Tensor, loss: LossConfig, downstream_sites: list,
+                 d_in: int, attention_mask: Optional[torch.Tensor] = None, recompute_suffix: bool = False) -> tuple:
+    """The SAE half of the fast step: replay the shared blocks, run the patched suffix, fused KL + the terms."""
+    head = lm_head(raw)  # None: soft-capped or otherwise unusual heads get their logits made as usual
+    capture = capturing_head_input if head is not None else _no_capture
+
+    def sae_pass(module):
+        recompute = recomputed_suffix(raw) if recompute_suffix else contextlib.nullcontext()
+        with replaying_prefix(raw, clean.n_shared, clean.prefix), capture(raw) as h, raw.sparse_records(), recompute:
+            return module(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites), h
+
+    def fused_kl(h):
         if head is None or loss.kl.coeff == 0:
             return None
         weights = token_weights(attention_mask, input_ids.shape, input_ids.device)
         chunk = loss.kl.chunk_tokens or auto_chunk_tokens(head.out_features, input_ids.device)
-        return unembed_kl(loss.kl.backend, as_tokens(h_sae["hidden"]), as_tokens(h_orig["hidden"]),
-                          full_tensor(head.weight), full_tensor(head.bias), weights, chunk,  # whole even if sharded
+        return unembed_kl(loss.kl.backend, as_tokens(h["hidden"]), as_tokens(clean.head_input["hidden"]),
+                          full_tensor(head.weight), full_tensor(head.bias), weights, chunk,  # whole if sharded
                           compile=loss.kl.compile)
 
-    total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, clean.logits, out.cached_activations,
-                                  clean.cached_activations, mask=attention_mask, kl_term=fused_kl(h_sae))
+    out, h_sae = sae_pass(model)
+    orig_downstream = {site: clean.output.cached_activations[site] for site in out.cached_activations}
+    total, terms = compute_losses(loss, out.sae_outputs, d_in, out.logits, clean.output.logits, out.cached_activations,
+                                  orig_downstream, mask=attention_mask, kl_term=fused_kl(h_sae))
     if has_matryoshka(raw):  # one more pass per prefix, the same way (training/matryoshka.py)
         def run_pass():
-            recompute = recomputed_suffix(raw) if recompute_suffix else contextlib.nullcontext()
-            with replaying_prefix(raw, n_shared, prefix), capture(raw) as h_pass, raw.sparse_records(), recompute:
-                passed = raw(input_ids=input_ids, attention_mask=attention_mask, cache_sites=downstream_sites)
+            passed, h_pass = sae_pass(raw)
             kl = fused_kl(h_pass) if head is not None else None if loss.kl.coeff == 0 else kl_divergence(
-                clean.logits, passed.logits, attention_mask, loss.kl.chunk_tokens or auto_chunk_tokens(
+                clean.output.logits, passed.logits, attention_mask, loss.kl.chunk_tokens or auto_chunk_tokens(
                     passed.logits.shape[-1], passed.logits.device))
             return kl, passed.cached_activations
 
         total, terms = _add(total, terms, matryoshka_pass_losses(raw, out.sae_outputs, loss, terms, run_pass,
-                                                                 clean.cached_activations, attention_mask))
+                                                                 orig_downstream, attention_mask))
     return total, terms, out.sae_outputs
 
 

@@ -14,6 +14,7 @@ Per micro-batch (batch, seq), the fast step of `training.step`:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,27 +23,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
-from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env, set_seed
+from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..evaluation.metrics import evaluate
 from ..patching.architectures import hidden_size, num_blocks
-from ..patching.base_models import portable_base_name, resolve_base_model
-from ..patching.patched_model import SAEPatchedModel
-from ..sae.config import SAEConfig
+from ..patching.base_models import resolve_base_model
 from ..sae.hub_interface import hub_function
-from ..sae.model import SparseAutoencoder
 from ..sae.sparse_code import firing
 from .cached_step import cached_micro_batch_loss, cached_train_loader
-from .architecture_config import activation_options
 from ..config.arguments import ConfigError, to_dict
 from ..runs.checkpointing import TrainerState, load_checkpoint, resolve_resume, sae_state, save_checkpoint, union_fired
 from .config import TrainConfig
 from ..data.pipeline import build_datasets, create_dataloader
 from ..data.train_loader import train_loader
-from .cross_layer_setup import build_clt_patched_model
-from .finetune import load_initial_sae
 from .lora import lora_micro_batch_loss, setup_lora
 from .loss_terms import add_loss_terms, build_loss_terms
 from .losses import default_downstream_sites
@@ -51,8 +45,8 @@ from .preflight import preflight
 from ..runs.redaction import config_yaml, redact_secrets, redacted_argv
 from ..runs.resume_compat import check_resume_compatible
 from ..runs.safety import check_step_finite, json_text
-from .sharded_loading import empty_base_model
 from .sharding import shard_base_model
+from .model_setup import build_patched_model, build_saes, load_base_model  # noqa: F401  (re-exported)
 from .step import micro_batch_loss as fast_micro_batch_loss
 
 logger = logging.getLogger(__name__)
@@ -72,41 +66,13 @@ def lr_lambda(config: TrainConfig):
     return factor
 
 
-def build_patched_model(config: TrainConfig) -> tuple:
-    """Load the frozen base model and tokenizer; create seeded SAEs at the configured sites."""
-    initial = load_initial_sae(config) if config.init_from else None  # fine-tuning: read and check it first
-    base_cfg = config.base_model
-    where = resolve_base_model(base_cfg.name_or_path)
-    # trust_remote_code=False: never a stdin prompt, never a model's own code (training/preflight.py says so first)
-    tokenizer = AutoTokenizer.from_pretrained(where, revision=base_cfg.revision, trust_remote_code=False)
-    if base_cfg.shard:  # empty (meta) here; each process loads its own shards in shard_base_model
-        base = empty_base_model(where, base_cfg.revision, getattr(torch, base_cfg.dtype))
-    else:
-        base = AutoModelForCausalLM.from_pretrained(where, revision=base_cfg.revision,
-                                                    dtype=getattr(torch, base_cfg.dtype), trust_remote_code=False)
-    if initial is not None:
-        return SAEPatchedModel(base, {config.sites[0]: initial}), tokenizer
-    if config.cross_layer:
-        return build_clt_patched_model(config, base), tokenizer
-    saes = {}
-    for i, site in enumerate(config.sites):
-        set_seed(config.seed + i)  # identical on every process
-        saes[site] = SparseAutoencoder(SAEConfig(
-            d_in=hidden_size(base.config), dict_size=config.dict_size, dict_size_ratio=config.dict_size_ratio,
-            activation=config.activation, site=site, base_model_name_or_path=portable_base_name(base_cfg.name_or_path),
-            base_model_revision=base_cfg.revision, init_decoder_orthogonal=config.init_decoder_orthogonal,
-            output_site=config.output_sites[i] if config.output_sites else None,
-            skip_connection=config.skip_connection, **activation_options(config)))
-    return SAEPatchedModel(base, saes), tokenizer
-
-
 class _Run:
     """Everything one training run holds; built by `setup_run`, advanced by `train_step`."""
 
-    def __init__(self, config: TrainConfig, accelerator: Accelerator):
+    def __init__(self, config: TrainConfig, accelerator: Accelerator, model=None):
         self.config = config
         self.accelerator = accelerator
-        self.model, self.tokenizer = build_patched_model(config)
+        self.model, self.tokenizer = (model, None) if model is not None else build_patched_model(config)
         self.d_in = hidden_size(self.model.config)
         loss = config.loss
         self.downstream_sites = (loss.downstream.sites or default_downstream_sites(
@@ -168,19 +134,7 @@ def setup_run(config: TrainConfig) -> _Run:
 
 def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
     """`setup_run` once output_dir is checked and locked."""
-    # sync_with_dataloader=False: `_micro_batch_groups` reads a whole group before training on it, so the
-    # prepared loader already reports end_of_dataloader during the last group; with the default (True) every
-    # micro-batch of that group became its own optimizer step. Groups are always full, so counting suffices.
-    accumulation = GradientAccumulationPlugin(
-        num_steps=config.effective_batch_size // (config.batch_size * world), sync_with_dataloader=False)
-    accelerator = Accelerator(
-        cpu=cpu,
-        gradient_accumulation_plugin=accumulation,
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.tracker == "none" else config.tracker,
-        project_dir=config.output_dir,
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-    )
+    accelerator = make_accelerator(config, cpu, world)
     if config.push_to_hub:
         hub_function("require_token")(None)  # fail now, not after hours of training
     run = _Run(config, accelerator)
@@ -211,6 +165,23 @@ def _setup_locked_run(config: TrainConfig, cpu: bool, world: int, lock) -> _Run:
         with redacted_argv():  # wandb records sys.argv: overrides may carry tokens
             accelerator.init_trackers("hf_e2e_sae", config=_flat(redact_secrets(to_dict(config))))
     return run
+
+
+def make_accelerator(config: TrainConfig, cpu: bool, world: int) -> Accelerator:
+    """The run's Accelerator: gradient accumulation, mixed precision, tracker, DDP settings."""
+    # sync_with_dataloader=False: `_micro_batch_groups` reads a whole group before training on it, so the
+    # prepared loader already reports end_of_dataloader during the last group; with the default (True) every
+    # micro-batch of that group became its own optimizer step. Groups are always full, so counting suffices.
+    accumulation = GradientAccumulationPlugin(
+        num_steps=config.effective_batch_size // (config.batch_size * world), sync_with_dataloader=False)
+    return Accelerator(
+        cpu=cpu,
+        gradient_accumulation_plugin=accumulation,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.tracker == "none" else config.tracker,
+        project_dir=config.output_dir,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -257,31 +228,43 @@ def _track_alive(run: _Run, fired_now: dict, n_tokens: int) -> dict:
 
 def train_step(run: _Run, batches: list) -> dict:
     """One optimizer step over this process's micro-batches; returns step metrics."""
-    acc, config = run.accelerator, run.config
     sums: dict = {}  # device tensors: one host sync per step, not one per term and micro-batch
     logs: dict = {}
-    for batch in batches:
-        with acc.accumulate(run.model), acc.autocast():  # a cached batch holds activations, not token ids
-            total, terms, sae_outputs = cached_micro_batch_loss(run, batch) if config.activation_cache \
-                else micro_batch_loss(run, batch["input_ids"])
-            acc.backward(total)
-            if acc.sync_gradients and config.max_grad_norm is not None:
-                sums["grad_norm"] = acc.clip_grad_norm_(run.sae_parameters, config.max_grad_norm)
-            run.optimizer.step()
-            run.optimizer.zero_grad()
-        raw = acc.unwrap_model(run.model)
-        firings = {site: firing(out, raw.sae(site).config.dict_size) for site, out in sae_outputs.items()}
-        step_terms = {"loss": total.detach(), **terms}
-        step_terms.update({f"l0/{site}": l0.float().mean() for site, (l0, _) in firings.items()})
-        for name, value in step_terms.items():
-            sums[name] = sums.get(name, 0.0) + value.float() / len(batches)
-        n_tokens = next(iter(firings.values()))[0].numel()  # l0 has one entry per token
-        logs.update(_track_alive(run, {site: fired for site, (_, fired) in firings.items()}, n_tokens))
+    for batch in batches:  # a cached batch holds activations, not token ids
+        train_micro_batch(run, lambda: cached_micro_batch_loss(run, batch) if run.config.activation_cache
+                          else micro_batch_loss(run, batch["input_ids"]), sums, logs, len(batches))
+    return finish_step(run, sums, logs)
+
+
+def train_micro_batch(run: _Run, loss_fn, sums: dict, logs: dict, n_micro: int, accumulate: bool = True) -> None:
+    """Forward (`loss_fn() -> (total, terms, sae_outputs)`), backward and, at the end of an accumulation group, the
+    clipped optimizer step of one micro-batch; its metrics are added to `sums` (mean over `n_micro`) and `logs`.
+    `accumulate=False`: the caller holds `accelerator.accumulate(...)` (a sweep: one for all its models)."""
+    acc, config = run.accelerator, run.config
+    with acc.accumulate(run.model) if accumulate else contextlib.nullcontext(), acc.autocast():
+        total, terms, sae_outputs = loss_fn()
+        acc.backward(total)
+        if acc.sync_gradients and config.max_grad_norm is not None:
+            sums["grad_norm"] = acc.clip_grad_norm_(run.sae_parameters, config.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    raw = acc.unwrap_model(run.model)
+    firings = {site: firing(out, raw.sae(site).config.dict_size) for site, out in sae_outputs.items()}
+    step_terms = {"loss": total.detach(), **terms}
+    step_terms.update({f"l0/{site}": l0.float().mean() for site, (l0, _) in firings.items()})
+    for name, value in step_terms.items():
+        sums[name] = sums.get(name, 0.0) + value.float() / n_micro
+    n_tokens = next(iter(firings.values()))[0].numel()  # l0 has one entry per token
+    logs.update(_track_alive(run, {site: fired for site, (_, fired) in firings.items()}, n_tokens))
+
+
+def finish_step(run: _Run, sums: dict, logs: dict) -> dict:
+    """Advance the schedule and counters after an optimizer step; stop on non-finite metrics; the step's logs."""
     run.scheduler.step()
     run.state.step += 1
-    run.state.samples += config.effective_batch_size
+    run.state.samples += run.config.effective_batch_size
     values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in sums.values()]).tolist()
-    check_step_finite(run.state.step, dict(zip(sums, values)), config.loss)  # host values: no extra sync
+    check_step_finite(run.state.step, dict(zip(sums, values)), run.config.loss)  # host values: no extra sync
     logs.update({f"train/{k}": v for k, v in zip(sums, values)})
     logs["train/lr"] = run.scheduler.get_last_lr()[0]
     return logs
@@ -309,6 +292,9 @@ def run_evaluation(run: _Run) -> dict:
 
 def train(config: TrainConfig) -> dict:
     """Train SAEs as `config` says; returns the final held-out metrics ({} if stopped early)."""
+    if config.sweep:
+        raise ValueError("this config holds a sweep: train it with hf_e2e_sae.training.sweep.train_sweep "
+                         "(or hf-e2e-sae train)")
     run = setup_run(config)
     try:
         return _train_loop(run)
