@@ -107,6 +107,7 @@ def _launch_args(argv: list) -> tuple[list, list]:
 
     first = argv[0].lstrip("-").split("=", 1)[0] if argv else ""
     if not argv[0:1] or not argv[0].startswith("-") or "." in first or first in TrainConfig.model_fields \
+            or first in ("h", "help") \
             or os.environ.get("LOCAL_RANK") is not None:
         return [], argv  # a CONFIG, an override or a config field first, or already a launched child
     from .launcher import split_launch_args  # accelerate's parser (loads torch): only for a possible launch option

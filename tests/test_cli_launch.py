@@ -45,7 +45,7 @@ def test_a_childs_mistake_is_one_line_with_its_exit_status(tmp_path):
                      "the model has 4 blocks (0..3)."], proc.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "lr=abc"], ["train", "--loss.sparsty.coeff", "3"],
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "lr=abc"], ["train", "--loss.sparsty.coeff", "3"],
                                   ["push", "--help"]])
 def test_cli_answers_before_torch_loads(tmp_path, argv):
     code = ("import sys; from hf_e2e_sae.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
@@ -121,3 +121,11 @@ def test_one_rule_for_run_folders(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="run/nope does not exist"):
         load_sae("run/nope")
     assert time.perf_counter() - start < 5
+
+
+def test_help_defaults_equal_a_validated_default_config():
+    """`--help` shows `TrainConfig.model_construct()`'s values (no checks, no torch): they are the validated ones."""
+    from hf_e2e_sae.config.arguments import to_dict
+    from hf_e2e_sae.training.config import TrainConfig
+
+    assert to_dict(TrainConfig.model_construct()) == to_dict(TrainConfig())

@@ -274,7 +274,9 @@ def format_help(cls: type, prog: str, defaults: Optional[BaseModel] = None, prea
 
     `defaults` is the config whose values are shown (default: `cls()`, the values a run really starts from).
     """
-    values = to_dict(defaults if defaults is not None else cls())
+    # The defaults are valid by construction: building them without the cross-field checks gives the same values
+    # (tests/test_cli_launch.py) and keeps `--help` from loading torch (the activation registry).
+    values = to_dict(defaults if defaults is not None else cls.model_construct())
     lines = [f"usage: {prog} [-h] [--KEY VALUE | --KEY=VALUE | KEY=VALUE ...]", ""]
     if preamble:
         lines += [preamble, ""]
