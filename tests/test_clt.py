@@ -325,3 +325,18 @@ def test_an_interrupted_clt_run_resumes_to_the_uninterrupted_result(make_config,
     for name, tensor in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[name], tensor, rtol=0, atol=1e-6)
     assert metrics_b == pytest.approx(metrics_a, rel=1e-6, abs=1e-7)
+
+
+def test_a_model_carries_one_wrapper_clt_included():
+    """A CLT patches a model only once, and not on top of an SAEPatchedModel either; unpatch() frees it."""
+    from dictionary_families import FAMILIES
+    from tiny_models import tiny_model
+
+    base = tiny_model("gpt2")
+    first = FAMILIES["cross_layer_transcoder"](base, "topk", k=4)
+    with pytest.raises(ValueError, match="unpatch"):
+        FAMILIES["cross_layer_transcoder"](base, "topk", k=4)
+    with pytest.raises(ValueError, match="unpatch"):
+        FAMILIES["sae"](base, "topk", k=4)
+    first.unpatch()
+    FAMILIES["cross_layer_transcoder"](base, "topk", k=4)  # free again

@@ -84,7 +84,8 @@ def test_every_config_field_is_in_the_reference(site):
 
 def test_the_api_and_cli_references_are_rendered(site):
     api = (site[0] / "reference" / "api" / "index.html").read_text()
-    for name in ("SAEPatchedModel", "SAEPatchedModel.from_pretrained", "SparseAutoencoder", "load_sae", "evaluate"):
+    for name in ("patching.patched_model.SAEPatchedModel", "patching.patched_model.SAEPatchedModel.from_pretrained",
+                 "sae.model.SparseAutoencoder", "interop.registry.load_sae", "evaluation.metrics.evaluate"):
         assert f'id="hf_e2e_sae.{name}"' in api, name  # a rendered heading per object (mkdocstrings anchors)
     cli = (site[0] / "reference" / "cli" / "index.html").read_text()
     for command in ("train", "push", "convert", "browse", "geometry", "bench"):

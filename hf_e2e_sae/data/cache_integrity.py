@@ -17,22 +17,18 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..runs.checkpoint_files import file_sha256
+
 _STORAGE_NAMES = {"float32": "float", "bfloat16": "float", "float16": "halffloat"}
 """Activation dtype (manifest) -> Arrow value type of the shards (bfloat16 is stored as float32)."""
 _HASHED = ("activations", "chunks")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_hashes(folder: Path) -> dict:
     """`{relative path: sha256}` of every file of the cache's shards and chunk index."""
-    return {str(p.relative_to(folder)): _file_sha256(p)
+    return {str(p.relative_to(folder)): file_sha256(p)
             for part in _HASHED for p in sorted((folder / part).rglob("*")) if p.is_file()}
 
 

@@ -28,6 +28,7 @@ from ..sae.hub_interface import hub_function
 from ..sae.sites import parse_site
 from .architectures import check_site, hidden_size, resolve_site
 from .hooks import add_hook
+from .patch_marker import mark_patched
 from .patched_model import SAEPatchedModel, SiteOutput
 
 logger = logging.getLogger(__name__)
@@ -102,14 +103,8 @@ class CLTPatchedModel(SAEPatchedModel):
         self.saes = nn.ModuleDict({"clt": clt})
         self.sites: list = list(clt.config.sites)
         self.output_sites: list = list(clt.config.output_sites)
-        self._fill_base_model_metadata()
-        self._saved_requires_grad = {name: p.requires_grad for name, p in base_model.named_parameters()}
-        self._saved_training = base_model.training
-        base_model.requires_grad_(False)
-        base_model.eval()
-        self._saes_enabled = True
-        self._sparse_records = False
-        self._records: Optional[dict] = None
+        mark_patched(base_model, self)  # one wrapper per model, as for SAEs (patch_marker.py)
+        self._freeze_base(base_model)
         self._handles = add_clt_hooks(self, clt)
 
     @property

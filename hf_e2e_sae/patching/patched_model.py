@@ -124,15 +124,7 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         self.base_model = base_model
         self.saes = nn.ModuleDict({_module_key(site): sae for site, sae in site_saes.items()})
         self.sites: list = sorted(site_saes, key=lambda s: parse_site(s).position)
-        self._fill_base_model_metadata()
-        self._saved_requires_grad = {name: p.requires_grad for name, p in base_model.named_parameters()}
-        self._saved_training = base_model.training
-        base_model.requires_grad_(False)
-        base_model.eval()
-
-        self._saes_enabled = True
-        self._sparse_records = False
-        self._records: Optional[dict] = None
+        self._freeze_base(base_model)
         self._spliced: dict = {}  # {site: tensor spliced in instead of running its SAE} (`splicing`)
         self._handles = [
             add_hook(r.module, r.rewrite, self._make_sae_rewrite(site)) for site, r in resolved.items()
@@ -142,6 +134,17 @@ class SAEPatchedModel(InterventionsMixin, nn.Module):
         self.output_sites: list = [sae.config.output_site for sae in site_saes.values() if is_transcoder(sae)]
 
     # ------------------------------------------------------------------ patching
+    def _freeze_base(self, base_model: nn.Module) -> None:
+        """Record the base model's flags (restored by `unpatch`), freeze it, and start with the SAEs enabled."""
+        self._fill_base_model_metadata()
+        self._saved_requires_grad = {name: p.requires_grad for name, p in base_model.named_parameters()}
+        self._saved_training = base_model.training
+        base_model.requires_grad_(False)
+        base_model.eval()
+        self._saes_enabled = True
+        self._sparse_records = False
+        self._records: Optional[dict] = None
+
     def _fill_base_model_metadata(self) -> None:
         """Record which base model the SAEs belong to, where the user did not say."""
         name = getattr(self.base_model.config, "_name_or_path", None) or None

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from ..runs.checkpoint_files import file_sha256
+
 logger = logging.getLogger(__name__)
 
 PERMISSIVE = ("mit", "bsd", "apache", "psf", "python software foundation", "isc", "unlicense", "zlib", "0bsd",
@@ -151,16 +153,8 @@ def build_corpus(sources: Iterable[Source], out_dir, progress: bool = True) -> d
         for handle in handles.values():
             handle.close()
     manifest = {"python": sys.version.split()[0], "held_out_every": HELD_OUT_EVERY, "max_file_bytes": MAX_FILE_BYTES,
-                "splits": {s: {"files": f, "bytes": b, "sha256": _sha256(out / f"{s}.jsonl")}
+                "splits": {s: {"files": f, "bytes": b, "sha256": file_sha256(out / f"{s}.jsonl")}
                            for s, (f, b) in totals.items()},
                 "packages": packages}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
