@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU proof (device machine, at most 10 minutes): with the current code,
 #   1. the GPT-2-small shape bench in bf16: ours, sparsify kl, the lower bound (tokens/s, peak memory);
-#   2. an 8-SAE sweep at that shape (bench system ours_e2e_sweep8; "not available" until the sweep feature lands);
+#   2. an 8-SAE sweep at that shape (bench system ours_sweep_e2e_8);
 #   3. a Gemma-2-2B-shaped random model's e2e step (tokens/s, peak memory) next to `hf-e2e-sae plan`'s prediction;
 #   4. liger-kernel's fused linear KL against ours (fp32 parity 1e-4 relative; speed), on CUDA.
 # JSON and logs go to $OUT (copy them to docs/results/performance/ and commit).
@@ -33,10 +33,10 @@ python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('spars
 bench "bench_${SHAPE}_${DTYPE}" "$systems"
 
 step "2. 8-SAE sweep at shape $SHAPE"
-if python3 -c "import sys; from hf_e2e_sae.bench.benchmark import SYSTEMS; sys.exit('ours_e2e_sweep8' not in SYSTEMS)"; then
-    bench "sweep8_${SHAPE}_${DTYPE}" ours_e2e_sweep8,ours_e2e
+if python3 -c "import sys; from hf_e2e_sae.bench.benchmark import SYSTEMS; sys.exit('ours_sweep_e2e_8' not in SYSTEMS)"; then
+    bench "sweep8_${SHAPE}_${DTYPE}" ours_sweep_e2e_8,ours_e2e
 else
-    echo "sweep: not available (no bench system ours_e2e_sweep8 in this build)" | tee "$OUT/sweep8.log"
+    echo "sweep: not available (no bench system ours_sweep_e2e_8 in this build)" | tee "$OUT/sweep8.log"
 fi
 
 step "3. Gemma-2-2B-shaped e2e step against plan"

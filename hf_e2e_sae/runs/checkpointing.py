@@ -110,7 +110,7 @@ def save_checkpoint(run) -> Path:
     acc.wait_for_everyone()
     try:
         files.write_rng_state(tmp, acc.process_index)
-        if (data_state := getattr(run.train_loader, "data_state", None)) is not None:  # streamed data
+        if (data_state := getattr(getattr(run, "train_loader", None), "data_state", None)) is not None:  # streamed
             files.write_data_state(tmp, acc.process_index, data_state(state.samples))
         if acc.is_main_process:
             window = {site: fired for site, fired in state.fired.items() if fired is not None}

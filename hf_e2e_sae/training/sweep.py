@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config.arguments import ConfigError, to_dict
 from ..data.pipeline import build_datasets, create_dataloader, skip_samples
+from ..patching.patch_marker import wrappers_share
 from ..patching.patched_model import SAEPatchedModel
 from ..runs.checkpointing import list_checkpoints, load_checkpoint, resolve_resume, sae_state, save_checkpoint
 from ..runs.output_dir import prepare_output_dir
@@ -103,7 +104,9 @@ def _setup_variants(config: TrainConfig, named: list, cpu: bool, world: int, loc
     base, tokenizer = load_base_model(config)
     runs = []
     for name, variant_config in named:
-        run = _Run(variant_config, accelerator, SAEPatchedModel(base, build_saes(variant_config, base)))
+        with wrappers_share(base):  # explicit: the sweep enables one variant's SAEs at a time (only_enabled)
+            model = SAEPatchedModel(base, build_saes(variant_config, base))
+        run = _Run(variant_config, accelerator, model)
         run.name, run.tokenizer, run.output_dir_lock = name, tokenizer, None
         run.optimizer = make_optimizer(run.model.sae_parameters(), variant_config.lr)
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(variant_config))
