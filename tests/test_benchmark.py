@@ -31,3 +31,18 @@ def test_ratios_are_ours_over_theirs_and_skip_missing_systems():
                "plain_forward": {"step_s": 0.5, "peak_bytes": 200}}
     out = ratios(results)
     assert out == {"e2e_time / sparsify_kl": 0.5, "e2e_peak / plain_forward_peak": 1.5}
+
+
+def test_the_sweep_systems_run(tmp_path):
+    """The bench's sweep systems build and step on the tiny shape (variants share one base model explicitly)."""
+    import json
+    import os
+
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "hf_e2e_sae.cli", "bench", "--shape", "tiny", "--systems",
+                           "ours_e2e,ours_sweep_e2e_4,ours_sweep_local_4", "--repeats", "1", "--warmup", "0",
+                           "--no-memory", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = json.dumps(json.loads(out.read_text()))
+    assert "ours_sweep_e2e_4" in text and "ours_sweep_local_4" in text

@@ -17,6 +17,7 @@ from ..patching.patched_model import SAEPatchedModel
 from ..sae.config import SAEConfig
 from ..sae.model import SparseAutoencoder
 from ..training.architecture_config import apply_activation_defaults
+from ..patching.patch_marker import wrappers_share
 from ..training.losses import LossConfig
 from ..training.sweep_step import plan_shared, shared_pass, variant_loss
 from ..training.trainer import make_optimizer
@@ -29,7 +30,8 @@ def _variant(base, shape, preset: str, lr: float, seed: int, our_activation: dic
     torch.manual_seed(seed)
     sae = SparseAutoencoder(SAEConfig(d_in=shape.d_model, dict_size=shape.dict_ratio * shape.d_model, site=shape.site,
                                       **our_activation))
-    model = SAEPatchedModel(base, sae).to(base.device)
+    with wrappers_share(base):  # the sweep runs one variant's SAE at a time (training/sweep_step.py)
+        model = SAEPatchedModel(base, sae).to(base.device)
     loss = LossConfig(**apply_activation_defaults({**our_activation, "loss": {"preset": preset}})["loss"])
     config = SimpleNamespace(loss=loss, recompute_suffix=False, activation_cache=None)
     return SimpleNamespace(config=config, model=model, raw=model, downstream_sites=[], d_in=shape.d_model,
