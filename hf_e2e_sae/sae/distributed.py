@@ -18,19 +18,20 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of `tensor` over every process (a new tensor; `tensor` itself in one process)."""
+def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
+    """`tensor` reduced with `op` over every process (a new tensor; `tensor` itself in one process)."""
     if world_size() == 1:
         return tensor
-    total = tensor.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
+    reduced = tensor.detach().clone()
+    dist.all_reduce(reduced, op=op)
+    return reduced
+
+
+def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over every process (a new tensor; `tensor` itself in one process)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     """The elementwise minimum of `tensor` over every process (a new tensor; `tensor` itself in one process)."""
-    if world_size() == 1:
-        return tensor
-    smallest = tensor.detach().clone()
-    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
-    return smallest
+    return _all_reduce(tensor, dist.ReduceOp.MIN)
