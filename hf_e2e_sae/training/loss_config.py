@@ -91,23 +91,33 @@ class LossConfig(ConfigModel):
     auxk: AuxKLossConfig = Field(default_factory=AuxKLossConfig)
     """AuxK: the top k_aux dead latents reconstruct the residual x - x_hat (revives dead latents)."""
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _fill_coefficients_from_preset(cls, data: Any) -> Any:
-        """Coefficients not given take the preset's values, once, before validation (the model is frozen)."""
+    def _fill_coefficients_from_preset(cls, data: Any, handler) -> "LossConfig":
+        """Coefficients not given take the preset's values, once, before validation (the model is frozen).
+
+        The filled values stay *unset* (`model_dump(exclude_unset=True)` omits them), so a sweep over
+        `loss.preset` gives each variant its own preset's coefficients, not the base config's."""
         if not isinstance(data, dict) or data.get("preset", "e2e") not in LOSS_PRESETS:
-            return data  # an unknown preset is reported by the Literal check
+            return handler(data)  # an unknown preset is reported by the Literal check
         defaults = LOSS_PRESETS[data.get("preset", "e2e")]
-        data = dict(data)
+        data, filled = dict(data), []
         for name in _TERMS:
             term = data.get(name) or {}
-            term = term.model_dump() if isinstance(term, BaseModel) else dict(term) if isinstance(term, dict) else term
+            term = term.model_dump(exclude_unset=True) if isinstance(term, BaseModel) else dict(term) if isinstance(term, dict) else term
             if isinstance(term, dict) and term.get("coeff") is None:
                 term["coeff"] = defaults[name]
+                filled.append((name, "coeff"))
             data[name] = term
         if isinstance(data["kl"], dict) and data["kl"].get("balance") is None:
             data["kl"]["balance"] = data.get("preset") == "finetune"  # finetune balances the KL to the MSE
-        return data
+            filled.append(("kl", "balance"))
+        model = handler(data)
+        for name, field in filled:  # in place: the frozen model's fields-set bookkeeping, not its values
+            getattr(model, name).__pydantic_fields_set__.discard(field)
+            if not getattr(model, name).__pydantic_fields_set__:
+                model.__pydantic_fields_set__.discard(name)
+        return model
 
     @model_validator(mode="after")
     def _check(self) -> "LossConfig":
