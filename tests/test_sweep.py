@@ -19,7 +19,8 @@ from train_fixtures import SITE, fresh_accelerate, load_sae_state, make_config, 
 from hf_e2e_sae.cli import main as cli_main
 from hf_e2e_sae.config.arguments import ConfigError
 from hf_e2e_sae.training.config import load_train_config
-from hf_e2e_sae.training.sweep import sweep_outputs, train_sweep
+from hf_e2e_sae.training import step, sweep_step
+from hf_e2e_sae.training.sweep import setup_sweep, sweep_outputs, train_sweep
 from hf_e2e_sae.training.sweep_config import expand_sweep, variant_names
 from hf_e2e_sae.training.trainer import train
 
@@ -57,10 +58,13 @@ def _reset():
     reset_accelerate_state()
 
 
-def test_e2e_sweep_equals_separate_runs_and_writes_table(make_config, tmp_path):
+def test_e2e_sweep_equals_separate_runs_and_writes_table(make_config, tmp_path, monkeypatch):
     path, out = make_config("e2e", **SHORT, sweep={"loss.sparsity.coeff": [0.5, 4.0]})
     config = load_train_config(path)
+    shared = []  # the variants' KLs read clean probabilities made once per micro-batch
+    monkeypatch.setattr(sweep_step, "share_clean_probs", lambda *a: shared.append(step.share_clean_probs(*a)))
     names = _check_equals_separate_runs(config, tmp_path, _reset)
+    assert len(shared) == 8  # 4 steps x 2 micro-batches
     assert names == ["coeff-0.5", "coeff-4"]
     for folder in sweep_outputs(config).values():
         assert (folder / "model.safetensors").is_file() and (folder / "eval_metrics.json").is_file()
@@ -72,6 +76,21 @@ def test_e2e_sweep_equals_separate_runs_and_writes_table(make_config, tmp_path):
         assert float(row["ce_loss_increase"]) == pytest.approx(final["ce_loss_increase"])
         assert float(row["loss.sparsity.coeff"]) in (0.5, 4.0)
     assert "Pareto" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("overrides, sweep, shares", [
+    ({}, {"loss.sparsity.coeff": [0.5, 4.0]}, True),
+    ({}, {"loss.preset": ["local", "e2e"]}, False),  # one KL: nothing to share
+    ({"loss": {"preset": "e2e", "kl": {"backend": "liger"}}}, {"loss.sparsity.coeff": [0.5, 4.0]}, False),
+    ({"loss": {"preset": "e2e", "kl": {"coeff": 0.0}}, "activation": "topk"}, {"k": [4, 8]}, False),  # no KL
+])
+def test_clean_probabilities_are_shared_only_by_two_or_more_kls(make_config, overrides, sweep, shares):
+    path, _ = make_config("plan", **SHORT, **overrides, sweep=sweep)
+    swept = setup_sweep(load_train_config(path))
+    try:
+        assert (swept.plan.kl_loss is not None) == shares
+    finally:
+        swept.release()
 
 
 def test_local_sweep_over_two_fields_equals_separate_runs(make_config, tmp_path):
@@ -149,6 +168,17 @@ def test_sweep_parsing_names_and_variant_configs(make_config):
     with pytest.raises(ValueError, match="train_sweep"):
         train(config)
     assert yaml.safe_load(yaml.safe_dump({"sweep": config.sweep}))["sweep"] == config.sweep
+
+
+def test_a_preset_sweep_gives_each_variant_its_own_presets_coefficients(make_config):
+    """The base config's preset fills its coefficients; a swept preset must not inherit them (only given ones)."""
+    path, _ = make_config("presets", loss={"preset": "e2e", "sparsity": {"coeff": 2.0}},
+                          sweep={"loss.preset": ["local", "e2e", "e2e+ds"]})
+    local, e2e, e2e_ds = (v.loss for _, v in expand_sweep(load_train_config(path)))
+    assert (local.kl.coeff, local.reconstruction.coeff, local.needs_logits) == (0.0, 1.0, False)
+    assert (e2e.kl.coeff, e2e.reconstruction.coeff, e2e.downstream.coeff) == (1.0, 0.0, 0.0)
+    assert e2e_ds.kl.coeff > 0 and e2e_ds.downstream.coeff > 0
+    assert all(loss.sparsity.coeff == 2.0 for loss in (local, e2e, e2e_ds))  # the given coefficient is kept
 
 
 def test_a_variant_that_diverges_stops_the_sweep_naming_it(make_config):
