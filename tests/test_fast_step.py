@@ -8,7 +8,7 @@ from hf_e2e_sae import SAEPatchedModel
 from hf_e2e_sae.sae.activations import ACTIVATION_SPECS
 from hf_e2e_sae.patching.architectures import architecture_for
 from hf_e2e_sae.patching.shared_prefix import lm_head, prefix_blocks
-from hf_e2e_sae.training.fused_kl import fused_unembed_kl
+from hf_e2e_sae.training.fused_kl import clean_probabilities, fused_unembed_kl
 from hf_e2e_sae.training.losses import LossConfig, default_downstream_sites, kl_divergence
 from hf_e2e_sae.training.step import micro_batch_loss, reference_micro_batch_loss
 
@@ -88,6 +88,30 @@ def test_fused_kl_matches_kl_on_logits_with_bias_and_weights():
     torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(h_sae.grad, h_ref.grad, rtol=1e-5, atol=1e-5 * float(h_ref.grad.abs().max()))
     assert h_sae.grad[7:].abs().max() == 0  # padding gets no gradient
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_fused_kl_reading_shared_clean_probabilities_equals_making_them(compile):
+    """A sweep makes the clean probabilities once (`clean_probabilities`) and every variant's KL reads them: the
+    KL and its gradient equal the KL that makes them chunk by chunk itself, and the shared tensors are unchanged."""
+    torch.manual_seed(0)
+    h_orig, weight, bias = torch.randn(10, 16), torch.randn(50, 16), torch.randn(50)
+    weights = torch.full((10,), 0.1)
+    probs = clean_probabilities(h_orig, weight, bias, 3)
+    assert [p.shape for p in probs] == [(3, 50)] * 3 + [(1, 50)]
+    before = [p.clone() for p in probs]
+    for variant in range(2):  # two variants read the same probabilities
+        h_sae = (h_orig + 0.3 * torch.randn(10, 16)).requires_grad_(True)
+        h_ref = h_sae.detach().clone().requires_grad_(True)
+        shared = fused_unembed_kl(h_sae, h_orig, weight, bias, weights, 3, compile=compile, clean_probs=probs)
+        own = fused_unembed_kl(h_ref, h_orig, weight, bias, weights, 3, compile=compile)
+        shared.backward()
+        own.backward()
+        torch.testing.assert_close(shared, own, rtol=1e-6, atol=0)
+        torch.testing.assert_close(h_sae.grad, h_ref.grad, rtol=1e-5, atol=1e-6 * float(h_ref.grad.abs().max()))
+    assert all(torch.equal(p, b) for p, b in zip(probs, before))
+    with pytest.raises(ValueError, match="clean_probs has 4 chunks"):
+        fused_unembed_kl(h_sae, h_orig, weight, bias, weights, 5, clean_probs=probs)
 
 
 def test_prefix_blocks_run_once_per_step():
@@ -173,7 +197,7 @@ def test_kl_terms_compiled_and_eager_equal_the_direct_formula_and_really_compile
     direct = ((log_p.exp() * (log_p - log_q)).sum(-1) * weights).sum(), (log_q.exp() - log_p.exp()) * weights[:, None]
     eager = fused_kl.kl_terms(logits_p, delta.clone(), weights, compile=False)  # (eager consumes delta)
     compiled = fused_kl.kl_terms(logits_p, delta.clone(), weights, compile=True)
-    assert fused_kl._COMPILED["fn"] is not None  # compiled, not the silent eager fallback
+    assert fused_kl._COMPILED["logits"] is not None  # compiled, not the silent eager fallback
     for a, b, c in zip(compiled, eager, direct):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-7)
@@ -185,7 +209,7 @@ def test_a_failing_compiler_warns_once_and_falls_back_to_eager(monkeypatch, capl
     def broken(*_args):
         raise RuntimeError("no C++ compiler found\nlong trace")
 
-    monkeypatch.setitem(fused_kl._COMPILED, "fn", broken)
+    monkeypatch.setitem(fused_kl._COMPILED, "logits", broken)
     torch.manual_seed(0)
     logits_p, delta, weights = torch.randn(4, 30), torch.randn(4, 30), torch.rand(4)
     with caplog.at_level("WARNING", logger="hf_e2e_sae.training.fused_kl"):

@@ -102,13 +102,18 @@ def _auto_choice(h_sae, h_orig, weight, bias, weights, chunk_tokens, compile) ->
 
 
 def unembed_kl(backend: str, h_sae: torch.Tensor, h_orig: torch.Tensor, weight: torch.Tensor,
-               bias: Optional[torch.Tensor], weights: torch.Tensor, chunk_tokens: int, compile: bool) -> torch.Tensor:
+               bias: Optional[torch.Tensor], weights: torch.Tensor, chunk_tokens: int, compile: bool,
+               clean_probs: Optional[list] = None) -> torch.Tensor:
     """sum_t weights_t KL(softmax(W h_orig,t + b) || softmax(W h_sae,t + b)) through the chosen backend.
 
     Args:
         backend: `loss.kl.backend` (`auto`, `ours`, `liger`).
-        h_sae, h_orig, weight, bias, weights, chunk_tokens, compile: as `fused_kl.fused_unembed_kl`.
+        h_sae, h_orig, weight, bias, weights, chunk_tokens, compile, clean_probs: as `fused_kl.fused_unembed_kl`.
+            Given `clean_probs` (a sweep's variants share them, `training.sweep_step`) ours is used: the clean
+            half is then already paid for, which liger cannot reuse.
     """
+    if clean_probs is not None:
+        return fused_unembed_kl(h_sae, h_orig, weight, bias, weights, chunk_tokens, compile, clean_probs)
     choice = resolve_kl_backend(backend, h_sae.device, bias is not None)
     if choice == "liger?":
         choice = _auto_choice(h_sae, h_orig, weight, bias, weights, chunk_tokens, compile)

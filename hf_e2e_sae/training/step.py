@@ -26,7 +26,7 @@ import torch
 
 from ..patching.shared_prefix import (
     as_tokens, capturing_head_input, lm_head, prefix_blocks, recomputed_suffix, recording_prefix, replaying_prefix)
-from .fused_kl import auto_chunk_tokens
+from .fused_kl import auto_chunk_tokens, clean_probabilities
 from .kl_backends import unembed_kl
 from .losses import LossConfig, compute_losses, kl_divergence, token_weights
 from .matryoshka import has_matryoshka, matryoshka_pass_losses
@@ -79,6 +79,10 @@ class CleanPass:
     prefix: dict
     head_input: dict
     output: object
+    probs: Optional[list] = None
+    """The clean run's next-token probabilities, per KL chunk (`fused_kl.clean_probabilities`), when a sweep made
+    them once for several variants' KLs; None: each KL makes its own."""
+    probs_chunk_tokens: int = 0
 
 
 def clean_pass(raw, input_ids: torch.Tensor, cache_sites: list, attention_mask: Optional[torch.Tensor] = None
@@ -107,10 +111,11 @@ def patched_loss(model, raw, clean: CleanPass, input_ids: torch.Tensor, loss: Lo
         if head is None or loss.kl.coeff == 0:
             return None
         weights = token_weights(attention_mask, input_ids.shape, input_ids.device)
-        chunk = loss.kl.chunk_tokens or auto_chunk_tokens(head.out_features, input_ids.device)
+        chunk = kl_chunk_tokens(loss, head, input_ids.device)
+        probs = clean.probs if clean.probs_chunk_tokens == chunk else None
         return unembed_kl(loss.kl.backend, as_tokens(h["hidden"]), as_tokens(clean.head_input["hidden"]),
                           full_tensor(head.weight), full_tensor(head.bias), weights, chunk,  # whole if sharded
-                          compile=loss.kl.compile)
+                          compile=loss.kl.compile, clean_probs=probs)
 
     out, h_sae = sae_pass(model)
     orig_downstream = {site: clean.output.cached_activations[site] for site in out.cached_activations}
@@ -127,6 +132,22 @@ def patched_loss(model, raw, clean: CleanPass, input_ids: torch.Tensor, loss: Lo
         total, terms = _add(total, terms, matryoshka_pass_losses(raw, out.sae_outputs, loss, terms, run_pass,
                                                                  orig_downstream, attention_mask))
     return total, terms, out.sae_outputs
+
+
+def kl_chunk_tokens(loss: LossConfig, head, device) -> int:
+    """Tokens per chunk of the fused KL: `loss.kl.chunk_tokens`, or a budget of chunk x vocab elements."""
+    return loss.kl.chunk_tokens or auto_chunk_tokens(head.out_features, device)
+
+
+def share_clean_probs(clean: CleanPass, raw, loss: LossConfig, device) -> None:
+    """Make the clean run's probabilities once (`clean.probs`) for the fused KLs of `loss` that will read `clean`:
+    each then does two vocabulary matmuls instead of three. Only a sweep calls it (it holds tokens x vocab floats,
+    worth it for two or more KLs)."""
+    head = lm_head(raw)
+    chunk = kl_chunk_tokens(loss, head, device)
+    clean.probs = clean_probabilities(as_tokens(clean.head_input["hidden"]), full_tensor(head.weight),
+                                      full_tensor(head.bias), chunk)
+    clean.probs_chunk_tokens = chunk
 
 
 def _add(total: torch.Tensor, terms: dict, extra: tuple) -> tuple:

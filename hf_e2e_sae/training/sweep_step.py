@@ -7,6 +7,8 @@ variant's SAEs are enabled at a time). Per micro-batch:
         any e2e / e2e+ds variant: the fast step's clean pass (`training.step.clean_pass`): the output of the blocks
             before the site, the LM head's input, the downstream activations (the union over the variants) and,
             for local variants of a one-site sweep, the activation at the site
+        two or more variants with a KL: the clean run's next-token probabilities, per KL chunk
+            (`training.step.share_clean_probs`), so each variant's fused KL does two vocabulary matmuls, not three
         local only, one site: a pass stopped at the site, recording its activation
     per variant (with grad):
         e2e / e2e+ds: `training.step.patched_loss` on the shared clean pass (replays the shared blocks)
@@ -18,16 +20,19 @@ Each path computes what a separate run's step computes, op for op, so a variant'
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 from typing import Iterator, Optional
 
 import torch
 
+from ..patching.shared_prefix import lm_head
 from ..sae.sites import parse_site
 from .cached_step import cached_micro_batch_loss
 from .loss_terms import add_loss_terms
-from .step import CleanPass, clean_pass, micro_batch_loss, patched_loss
+from .losses import LossConfig
+from .step import CleanPass, clean_pass, micro_batch_loss, patched_loss, share_clean_probs
 
 
 @dataclasses.dataclass
@@ -39,6 +44,8 @@ class SharedPlan:
     """Sites the clean pass caches: every variant's downstream sites and, for `site_shared`, the SAE site."""
     site: Optional[str]
     """The one SAE site whose activation local variants read from the shared pass (None: they run their own)."""
+    kl_loss: Optional[LossConfig] = None
+    """The loss config (chunking) of the KLs that share the clean probabilities; None: nothing shared."""
 
 
 @dataclasses.dataclass
@@ -57,7 +64,21 @@ def plan_shared(variants: list) -> SharedPlan:
     clean_sites = list(dict.fromkeys(s for v in variants for s in v.downstream_sites))
     if needs_clean and site is not None:
         clean_sites.append(site)
-    return SharedPlan(needs_clean, clean_sites, site)
+    return SharedPlan(needs_clean, clean_sites, site, _shared_kl_loss(variants))
+
+
+def _shared_kl_loss(variants: list) -> Optional[LossConfig]:
+    """The loss config of the largest group (two or more) of variants whose fused KLs can read one set of clean
+    probabilities: the same chunking, a fusable LM head, and no explicit `loss.kl.backend=liger` in the sweep
+    (liger makes its own clean half; `auto` shares, as the shared half saves a third of every variant's KL)."""
+    kls = [v.config.loss for v in variants if v.config.loss.needs_logits and v.config.loss.kl.coeff > 0]
+    if lm_head(variants[0].raw) is None or any(loss.kl.backend == "liger" for loss in kls):
+        return None
+    chunks = collections.Counter(loss.kl.chunk_tokens for loss in kls)
+    if not chunks or chunks.most_common(1)[0][1] < 2:
+        return None
+    chunk = chunks.most_common(1)[0][0]
+    return next(loss for loss in kls if loss.kl.chunk_tokens == chunk)
 
 
 @contextlib.contextmanager
@@ -77,6 +98,8 @@ def shared_pass(plan: SharedPlan, variants: list, input_ids: torch.Tensor) -> Sh
     with only_enabled(variants):
         if plan.needs_clean:
             shared.clean = clean_pass(raw, input_ids, plan.clean_sites)
+            if plan.kl_loss is not None:
+                share_clean_probs(shared.clean, raw, plan.kl_loss, input_ids.device)
             if plan.site is not None:
                 shared.site_input = {plan.site: shared.clean.output.cached_activations[str(parse_site(plan.site))]}
         elif plan.site is not None:
