@@ -21,7 +21,8 @@ from hf_e2e_sae.bench.benchmark import SHAPES, cpu_peak
 from hf_e2e_sae.cli import main, run_train
 from hf_e2e_sae.config.arguments import ConfigError
 from hf_e2e_sae.training.config import load_train_config
-from hf_e2e_sae.training.memory_plan import PlanInputs, parse_size, plan_memory
+from hf_e2e_sae.training.memory_plan import PlanInputs, parse_size, plan_memory, plan_sweep, shared_pass_bytes
+from hf_e2e_sae.training.sweep import setup_sweep
 
 
 def _shape_plan(name: str, **kw) -> dict:
@@ -38,6 +39,30 @@ def test_planned_step_peak_is_within_20_percent_of_the_measured_one(shape):
     assert measured is not None
     planned = _shape_plan(shape)["step"]
     assert 0.8 <= planned / measured <= 1.2, (shape, planned / 2**20, measured / 2**20)
+
+
+def test_planned_sweep_step_peak_is_within_20_percent_of_the_measured_one():
+    """The bench's 4-SAE e2e sweep step (`ours_sweep_e2e_4`): each variant's step on top of the shared clean pass,
+    whose clean probabilities (tokens x vocab float32) the variants' KLs share. The bench steps each variant's
+    optimizer after its backward, so no variant's gradients wait for the others (the trainer's do: see below)."""
+    s = SHAPES["A"]
+    _, measured = cpu_peak("ours_sweep_e2e_4", "A", 0, "float32")
+    assert measured is not None
+    plan = plan_sweep([_shape_plan("A")] * 4, shared_pass_bytes(s.batch * s.ctx, s.d_model, s.vocab, 0, kls=4))
+    planned = plan["step"] + plan["components"]["shared_pass"]
+    assert 0.8 <= planned / measured <= 1.2, (planned / 2**20, measured / 2**20)
+
+
+def test_a_sweep_plans_every_variants_state_and_one_shared_pass():
+    one = _shape_plan("B")
+    four = plan_sweep([one] * 4, shared_pass_bytes(1024, 512, 50257, 0, kls=4))
+    c, c1 = four["components"], one["components"]
+    assert c["base_weights"] == c1["base_weights"]  # the base model once
+    assert (c["sae_parameters"], c["adam_states"]) == (4 * c1["sae_parameters"], 4 * c1["adam_states"])
+    assert c["sweep_gradients"] == 3 * c1["sae_parameters"]  # the others' gradients wait for the step's end
+    assert c["shared_pass"] == 2 * 1024 * 512 * 4 + 1024 * 50257 * 4  # the clean probabilities: 2+ KLs share them
+    assert shared_pass_bytes(1024, 512, 50257, 0, kls=1) == 2 * 1024 * 512 * 4  # one KL makes its own
+    assert four["total"] == sum(v for k, v in c.items() if not k.endswith("_peak")) + max(four["step"], four["eval"])
 
 
 def test_sharding_divides_the_base_weights():
@@ -75,6 +100,21 @@ def test_preflight_refuses_a_run_that_cannot_fit_in_one_line(make_config, monkey
     assert len(err) == 1 and "try " in err[0] and any(r in err[0] for r in (
         "batch_size=", "recompute_suffix=true", "loss.kl.chunk_tokens=", "base_model.shard=true")), err
     assert not (out / "final").exists()
+
+
+def test_preflight_refuses_a_sweep_whose_variants_fit_alone_but_not_together(make_config, monkeypatch, capsys):
+    path, out = make_config("sweep_too_big", sweep={"loss.sparsity.coeff": [0.5, 1.0, 2.0, 4.0]})
+    config = load_train_config(path)
+    base = preflight.base_model_config(config)
+    alone = preflight.plan_for_config(config.model_copy(update={"sweep": {}}), base, 1, "cpu")["total"]
+    together = preflight.plan_for_config(config, base, 1, "cpu")["total"]
+    assert together > alone
+    monkeypatch.setattr(preflight, "device_memory", lambda world_size=1: (alone + together) // 2)
+    with pytest.raises(ConfigError, match=r"needs about .* but the device has .*: try "):
+        setup_sweep(config)
+    assert not (out / "variants").exists()  # refused before any output folder or model
+    assert main(["plan", str(path), "--device", "cpu"]) == 0
+    assert "4-variant sweep" in capsys.readouterr().out
 
 
 def test_plan_command(make_config, capsys):

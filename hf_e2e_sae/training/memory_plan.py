@@ -30,8 +30,9 @@ from ..patching.architectures import architecture_for, hidden_size, num_blocks
 from ..sae.sites import parse_site
 from ..sae.activations.registry import ACTIVATION_SPECS
 from .fused_kl import auto_chunk_tokens
+from .losses import default_downstream_sites
 
-__all__ = ["PlanInputs", "plan_memory", "plan_for_config", "parse_size", "format_plan", "remedy"]
+__all__ = ["PlanInputs", "plan_memory", "plan_for_config", "plan_sweep", "shared_pass_bytes", "parse_size", "format_plan", "remedy"]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _KL_TEMPORARIES = 3  # (chunk, vocab) float32 tensors alive at once in the fused KL
@@ -124,7 +125,18 @@ def plan_memory(inputs: PlanInputs) -> dict:
 
 
 def plan_for_config(config, base_config, num_processes: int = 1, device_type: str = "cuda") -> dict:
-    """`plan_memory` for a `TrainConfig` (its base model's config read separately, e.g. by preflight)."""
+    """`plan_memory` for a `TrainConfig` (its base model's config read separately, e.g. by preflight); a config
+    with a `sweep` is planned as all its variants trained together (`plan_sweep`)."""
+    if config.sweep:
+        from .sweep_config import expand_sweep
+
+        variants = [variant for _, variant in expand_sweep(config)]
+        plans = [_plan_one(variant, base_config, num_processes, device_type) for variant in variants]
+        return plan_sweep(plans, _sweep_shared_bytes(variants, base_config))
+    return _plan_one(config, base_config, num_processes, device_type)
+
+
+def _plan_one(config, base_config, num_processes: int, device_type: str) -> dict:
     spec = ACTIVATION_SPECS.get(config.activation)
     d = hidden_size(base_config)
     dict_size = config.dict_size or int(config.dict_size_ratio * d)
@@ -135,6 +147,41 @@ def plan_for_config(config, base_config, num_processes: int = 1, device_type: st
         k=getattr(config, "k", None) or 32, chunk_tokens=config.loss.kl.chunk_tokens,
         recompute_suffix=config.recompute_suffix, num_processes=num_processes, shard=config.base_model.shard,
         device_type=device_type, eval_batch_size=config.eval_batch_size))
+
+
+def shared_pass_bytes(tokens: int, d_model: int, vocab: int, downstream_sites: int, kls: int) -> int:
+    """What a sweep's shared clean pass keeps through the variants' steps (`training.sweep_step`): the LM head's
+    input and the site's activation, the downstream activations and, when two or more variants have a KL, the
+    clean next-token probabilities (tokens x vocab float32)."""
+    return (2 + downstream_sites) * tokens * d_model * 4 + (tokens * vocab * 4 if kls >= 2 else 0)
+
+
+def _sweep_shared_bytes(variants: list, base_config) -> int:
+    config = variants[0]
+    ds_sites = {site for v in variants if v.loss.downstream.coeff > 0
+                for site in v.loss.downstream.sites or default_downstream_sites(v.sites, num_blocks(base_config))}
+    return shared_pass_bytes(config.batch_size * config.data.context_length, hidden_size(base_config),
+                             _vocab(base_config), len(ds_sites), sum(v.loss.kl.coeff > 0 for v in variants))
+
+
+def plan_sweep(plans: list, shared_bytes: int) -> dict:
+    """One device's memory for N variants trained together, one after the other within each step: the base
+    weights once; every variant's SAEs, Adam states, DDP buckets and gradients (a variant's gradients live from
+    its backward to the optimizer step that ends the step); the shared pass; the largest variant's step or
+    evaluation on top."""
+    comps = dict(plans[0]["components"])
+    for name in ("sae_parameters", "adam_states", "ddp_buckets"):
+        if name in comps:
+            comps[name] = sum(plan["components"][name] for plan in plans)
+    comps["sweep_gradients"] = sum(plan["components"]["sae_parameters"] for plan in plans[1:])
+    comps["shared_pass"] = shared_bytes
+    step = max(plan["step"] for plan in plans)
+    evaluation = max(plan["eval"] for plan in plans)
+    comps.update({"step_peak": step, "evaluation_peak": evaluation})
+    largest = max(plans, key=lambda plan: plan["step"])
+    total = sum(v for k, v in comps.items() if not k.endswith("_peak")) + max(step, evaluation)
+    return {"total": int(total), "components": comps, "step_phases": largest["step_phases"],
+            "details": {**largest["details"], "variants": len(plans)}, "step": step, "eval": evaluation}
 
 
 def remedy(plan: dict, config) -> str:
@@ -148,6 +195,9 @@ def remedy(plan: dict, config) -> str:
         options.append((comps["base_weights"] / 2, "base_model.shard=true with 2+ processes"))
     if not config.recompute_suffix:
         options.append((details["activations_kept"] * 0.8, "recompute_suffix=true"))
+    if details.get("variants", 0) > 1:
+        per_variant = comps["sae_parameters"] + comps["adam_states"] + comps["sweep_gradients"]
+        options.append((per_variant / 2, f"fewer sweep variants per run (this sweep has {details['variants']})"))
     return max(options, key=lambda option: option[0])[1]
 
 
@@ -169,6 +219,8 @@ def format_plan(plan: dict, device_memory: Optional[int] = None) -> str:
         return f"{value / 2**30:10.3f} GiB"
 
     lines = ["memory per device (from shapes; no weights loaded):"]
+    if plan["details"].get("variants"):
+        lines[0] = f"memory per device of a {plan['details']['variants']}-variant sweep (from shapes; no weights loaded):"
     lines += [f"  {name:<22}{gib(value)}" for name, value in plan["components"].items()]
     lines += [f"    step phase {name:<11}{gib(value)}" for name, value in plan["step_phases"].items()]
     lines.append(f"  {'total':<22}{gib(plan['total'])}")

@@ -32,7 +32,7 @@ from ..runs.resume_compat import check_resume_compatible
 from ..runs.safety import NonFiniteTrainingError
 from .cached_step import cached_train_loader
 from .config import TrainConfig
-from .preflight import preflight
+from .preflight import base_model_config, check_memory, preflight
 from .sweep_config import expand_sweep
 from .sweep_report import write_sweep_report
 from .sweep_step import only_enabled, plan_shared, shared_pass, variant_loss
@@ -84,6 +84,7 @@ def setup_sweep(config: TrainConfig) -> _Sweep:
     world = PartialState(cpu=cpu).num_processes
     for _, variant in named:
         preflight(variant, world)
+    check_memory(config, base_model_config(config), world)  # each variant fits alone; now all of them together
     locks = []
     try:
         if PartialState().is_main_process:
