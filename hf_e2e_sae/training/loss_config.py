@@ -104,7 +104,10 @@ class LossConfig(ConfigModel):
         data, filled = dict(data), []
         for name in _TERMS:
             term = data.get(name) or {}
-            term = term.model_dump(exclude_unset=True) if isinstance(term, BaseModel) else dict(term) if isinstance(term, dict) else term
+            if isinstance(term, BaseModel):
+                term = term.model_dump(exclude_unset=True)
+            elif isinstance(term, dict):
+                term = dict(term)
             if isinstance(term, dict) and term.get("coeff") is None:
                 term["coeff"] = defaults[name]
                 filled.append((name, "coeff"))

@@ -32,7 +32,8 @@ from ..sae.activations.registry import ACTIVATION_SPECS
 from .fused_kl import auto_chunk_tokens
 from .losses import default_downstream_sites
 
-__all__ = ["PlanInputs", "plan_memory", "plan_for_config", "plan_sweep", "shared_pass_bytes", "parse_size", "format_plan", "remedy"]
+__all__ = ["PlanInputs", "plan_memory", "plan_for_config", "plan_sweep", "shared_pass_bytes", "parse_size",
+           "format_plan", "remedy"]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _KL_TEMPORARIES = 3  # (chunk, vocab) float32 tensors alive at once in the fused KL
@@ -220,7 +221,8 @@ def format_plan(plan: dict, device_memory: Optional[int] = None) -> str:
 
     lines = ["memory per device (from shapes; no weights loaded):"]
     if plan["details"].get("variants"):
-        lines[0] = f"memory per device of a {plan['details']['variants']}-variant sweep (from shapes; no weights loaded):"
+        variants = plan["details"]["variants"]
+        lines[0] = f"memory per device of a {variants}-variant sweep (from shapes; no weights loaded):"
     lines += [f"  {name:<22}{gib(value)}" for name, value in plan["components"].items()]
     lines += [f"    step phase {name:<11}{gib(value)}" for name, value in plan["step_phases"].items()]
     lines.append(f"  {'total':<22}{gib(plan['total'])}")
