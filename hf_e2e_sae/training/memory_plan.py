@@ -219,10 +219,9 @@ def format_plan(plan: dict, device_memory: Optional[int] = None) -> str:
     def gib(value) -> str:
         return f"{value / 2**30:10.3f} GiB"
 
-    lines = ["memory per device (from shapes; no weights loaded):"]
-    if plan["details"].get("variants"):
-        variants = plan["details"]["variants"]
-        lines[0] = f"memory per device of a {variants}-variant sweep (from shapes; no weights loaded):"
+    variants = plan["details"].get("variants")
+    of_what = f" of a {variants}-variant sweep" if variants else ""
+    lines = [f"memory per device{of_what} (from shapes; no weights loaded):"]
     lines += [f"  {name:<22}{gib(value)}" for name, value in plan["components"].items()]
     lines += [f"    step phase {name:<11}{gib(value)}" for name, value in plan["step_phases"].items()]
     lines.append(f"  {'total':<22}{gib(plan['total'])}")
